@@ -81,13 +81,18 @@ class StoreError(SparkLLMBatchError):
 class BatchFailedError(SparkLLMBatchError):
     """A provider batch failed as a whole (for example, its input file did not validate)."""
 
-    def __init__(self, message: str, *, batch_id: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, batch_id: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.batch_id = batch_id
         self.code = code
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.__class__, self.message, {"batch_id": self.batch_id, "code": self.code}))
+        return (
+            _rebuild,
+            (self.__class__, self.message, {"batch_id": self.batch_id, "code": self.code}),
+        )
 
 
 class ProviderError(SparkLLMBatchError):
@@ -121,8 +126,10 @@ class AuthenticationError(ProviderError):
     """The provider refused our credentials or account (401, 403, billing): fatal, never retried."""
 
 
-def _rebuild(cls: type[SparkLLMBatchError], message: str, state: dict[str, Any]) -> SparkLLMBatchError:
-    return cls(message, **state)  # type: ignore[call-arg]
+def _rebuild(
+    cls: type[SparkLLMBatchError], message: str, state: dict[str, Any]
+) -> SparkLLMBatchError:
+    return cls(message, **state)
 
 
 def _redact_value(value: Any) -> Any:

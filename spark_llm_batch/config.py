@@ -1,0 +1,308 @@
+"""Configuration: strict, frozen pydantic models, loadable from YAML.
+
+Every option of :func:`spark_llm_batch.llm_batch` lives here once, with its description. A
+``spark-submit`` job reads the same models from a YAML file with :meth:`BatchConfig.from_file`.
+
+Example:
+    >>> cfg = BatchConfig(model="gpt-4o-mini", store="/tmp/llm_store")
+    >>> cfg.provider_id
+    'openai'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from spark_llm_batch.errors import ConfigError
+
+__all__ = [
+    "KNOWN_PROVIDERS",
+    "BatchConfig",
+    "BatchLimits",
+    "JobConfig",
+    "PollPolicy",
+    "ProviderSettings",
+    "RetryPolicy",
+    "parse_model_id",
+]
+
+KNOWN_PROVIDERS = ("anthropic", "openai")
+
+# Model-name prefixes that identify a provider when the id carries no "provider:" prefix.
+_MODEL_PREFIXES = {
+    "openai": ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-"),
+    "anthropic": ("claude-",),
+}
+
+# Environment variables read when settings are not given explicitly.
+_ENV = {
+    "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
+    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+def parse_model_id(model: str, provider: str | None = None) -> tuple[str, str]:
+    """Split ``"openai:gpt-4o-mini"`` into ``("openai", "gpt-4o-mini")``.
+
+    Without a prefix, the provider is ``provider`` when given, else inferred from the model name.
+
+    Raises:
+        ConfigError: the provider is unknown or cannot be inferred.
+
+    Example:
+        >>> parse_model_id("claude-3-5-haiku-latest")
+        ('anthropic', 'claude-3-5-haiku-latest')
+    """
+    name = model.strip()
+    if ":" in name:
+        prefix, name = name.split(":", 1)
+        if provider is not None and provider != prefix:
+            raise ConfigError(
+                f"model {model!r} names provider {prefix!r} but provider={provider!r} was given"
+            )
+        provider = prefix
+    if not name:
+        raise ConfigError("model is empty: pass a model name such as 'gpt-4o-mini'")
+    if provider is None:
+        for candidate, prefixes in _MODEL_PREFIXES.items():
+            if name.startswith(prefixes):
+                provider = candidate
+                break
+    if provider is None:
+        raise ConfigError(
+            f"cannot tell the provider of model {model!r}: write it as 'openai:{name}' or "
+            f"'anthropic:{name}', or pass provider=... (known providers: {', '.join(KNOWN_PROVIDERS)})"
+        )
+    if provider not in KNOWN_PROVIDERS:
+        raise ConfigError(
+            f"unknown provider {provider!r}; known providers: {', '.join(KNOWN_PROVIDERS)}"
+        )
+    return provider, name
+
+
+class ProviderSettings(_Strict):
+    """Credentials and endpoint of one provider. Unset fields come from the environment."""
+
+    api_key: SecretStr | None = Field(
+        default=None, description="API key; defaults to OPENAI_API_KEY / ANTHROPIC_API_KEY."
+    )
+    base_url: str | None = Field(
+        default=None, description="API base URL; defaults to OPENAI_BASE_URL / ANTHROPIC_BASE_URL."
+    )
+    timeout_seconds: float = Field(default=600.0, gt=0, description="HTTP timeout of one call.")
+    max_retries: int = Field(
+        default=5, ge=0, description="SDK-level retries of one control-plane call."
+    )
+
+    def resolved(self, provider: str) -> ProviderSettings:
+        """Fill unset fields from the provider's environment variables.
+
+        Raises:
+            ConfigError: no API key was given and the environment variable is unset.
+        """
+        key_var, url_var = _ENV[provider]
+        api_key = self.api_key
+        if api_key is None or not api_key.get_secret_value():
+            env_key = os.environ.get(key_var, "")
+            if not env_key:
+                raise ConfigError(
+                    f"no API key for {provider}: set the environment variable {key_var} "
+                    f"or pass provider_settings=ProviderSettings(api_key=...)"
+                )
+            api_key = SecretStr(env_key)
+        base_url = self.base_url or os.environ.get(url_var) or None
+        return self.model_copy(update={"api_key": api_key, "base_url": base_url})
+
+
+class BatchLimits(_Strict):
+    """Size limits of one provider batch. ``None`` means the provider's own limit."""
+
+    max_requests: int | None = Field(default=None, gt=0, description="Requests per batch.")
+    max_bytes: int | None = Field(default=None, gt=0, description="Encoded bytes per batch input.")
+
+
+class RetryPolicy(_Strict):
+    """How many attempts each retryable failure class gets (the first submission is attempt 1)."""
+
+    rate_limited: int = Field(default=5, ge=1, description="Attempts for rate-limited requests.")
+    server_error: int = Field(default=3, ge=1, description="Attempts for 5xx and timeouts.")
+    expired: int = Field(default=5, ge=1, description="Attempts for requests whose batch expired.")
+    missing: int = Field(
+        default=3, ge=1, description="Attempts for requests absent from the results."
+    )
+    refused: int = Field(
+        default=1, ge=1, description="Attempts for refused requests (1: no retry)."
+    )
+
+    def attempts_for(self, failure_class: str) -> int:
+        """Attempts allowed for ``failure_class``; 1 (no retry) for classes not listed."""
+        return (
+            int(getattr(self, failure_class, 1)) if failure_class in type(self).model_fields else 1
+        )
+
+
+class PollPolicy(_Strict):
+    """How the driver polls provider batches: exponential backoff between bounds."""
+
+    initial_seconds: float = Field(default=5.0, gt=0, description="First wait after a submit.")
+    max_seconds: float = Field(default=300.0, gt=0, description="Longest wait between two polls.")
+    multiplier: float = Field(default=1.5, ge=1.0, description="Backoff growth per idle poll.")
+    progress_seconds: float = Field(
+        default=60.0, gt=0, description="Interval of progress summaries."
+    )
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, description="Give up waiting (batches stay tracked) after this long."
+    )
+
+
+class BatchConfig(_Strict):
+    """Everything one ``llm_batch`` call needs besides the DataFrame and its prompt column."""
+
+    model: str = Field(
+        description="Model id, optionally prefixed: 'gpt-4o-mini' or 'openai:gpt-4o-mini'."
+    )
+    store: str = Field(
+        description="Store location: a path, or 'catalog.schema' for catalog tables."
+    )
+    provider: Literal["openai", "anthropic"] | None = Field(
+        default=None, description="Provider; inferred from the model id when absent."
+    )
+    system: str | None = Field(default=None, description="System prompt sent with every request.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Generation parameters (temperature, max_tokens, ...)."
+    )
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="Structured output: a JSON schema the answer must conform to."
+    )
+    id_col: str | None = Field(
+        default=None, description="A unique row id column; checked for duplicates."
+    )
+    output: str | None = Field(
+        default=None,
+        description="Output Delta table name or path; default: a path under the store.",
+    )
+    result_col: str = Field(default="llm", description="Name of the result struct column.")
+    endpoint: str = Field(default="/v1/chat/completions", description="Provider endpoint (OpenAI).")
+    limits: BatchLimits = Field(default_factory=BatchLimits, description="Batch size limits.")
+    max_in_flight: int = Field(default=20, ge=1, description="Provider batches in flight at once.")
+    completion_window: str = Field(default="24h", description="Provider completion window.")
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy, description="Retry attempts per failure class."
+    )
+    poll: PollPolicy = Field(
+        default_factory=PollPolicy, description="Polling backoff and progress."
+    )
+    provider_settings: ProviderSettings = Field(
+        default_factory=ProviderSettings, description="Credentials and endpoint."
+    )
+
+    @field_validator("result_col")
+    @classmethod
+    def _result_col_named(cls, value: str) -> str:
+        if not value or value.startswith("__llm"):
+            raise ValueError("result_col must be non-empty and must not start with '__llm'")
+        return value
+
+    @model_validator(mode="after")
+    def _provider_known(self) -> BatchConfig:
+        try:
+            provider, _ = parse_model_id(self.model, self.provider)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        object.__setattr__(self, "provider", provider)
+        return self
+
+    @property
+    def provider_id(self) -> str:
+        """The provider's registry name."""
+        return parse_model_id(self.model, self.provider)[0]
+
+    @property
+    def model_name(self) -> str:
+        """The model name without its provider prefix."""
+        return parse_model_id(self.model, self.provider)[1]
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> BatchConfig:
+        """Load a config from a YAML file; keyword ``overrides`` win over the file.
+
+        Raises:
+            ConfigError: the file is missing, is not YAML, or does not validate.
+        """
+        data = _load_yaml(Path(path))
+        return cls.build({**data, **overrides}, source=str(path))
+
+    @classmethod
+    def build(cls, options: dict[str, Any], *, source: str = "arguments") -> BatchConfig:
+        """Validate ``options`` into a config, turning pydantic errors into one ConfigError."""
+        from pydantic import ValidationError
+
+        try:
+            return cls.model_validate(options)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid options in {source}: {_describe(exc)}") from None
+
+
+class JobConfig(_Strict):
+    """A ``spark-submit`` job: where the input is, which column holds the prompt, and the batch options.
+
+    Example YAML (``conf/example_job.yaml``)::
+
+        input: lake.reviews              # a table name, or a path with input_format
+        prompt_col: review_text
+        batch:
+          model: gpt-4o-mini
+          store: /lake/llm_store
+          output: lake.reviews_classified
+    """
+
+    input: str = Field(description="Input table name, or a path read with input_format.")
+    input_format: str = Field(
+        default="delta", description="Format of a path input (delta, parquet, json...)."
+    )
+    prompt_col: str = Field(description="The column holding each row's prompt.")
+    batch: BatchConfig = Field(description="The llm_batch options.")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> JobConfig:
+        """Load a job from a YAML file.
+
+        Raises:
+            ConfigError: the file is missing, is not YAML, or does not validate.
+        """
+        from pydantic import ValidationError
+
+        data = _load_yaml(Path(path))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid job config in {path}: {_describe(exc)}") from None
+
+
+def _load_yaml(file: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of options")
+    return data
+
+
+def _describe(exc: Any) -> str:
+    """One line per pydantic error: ``field.path: message``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+    )
