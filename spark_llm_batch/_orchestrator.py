@@ -1,0 +1,335 @@
+"""The driver state machine: every batch of one provider/model/endpoint, from staged to collected.
+
+Provider-neutral: it speaks :class:`~spark_llm_batch.providers.base.Provider` only. Each batch moves
+``staged → uploaded → creating → submitted → ended → collected`` (``abandoned`` when re-queued or
+unsubmittable), and every transition is committed to the store BEFORE the side effect that depends
+on it (write-ahead):
+
+================  =================================================================================
+committed         then (side effect)
+================  =================================================================================
+``staged``        (``Store.record_staged``, after members and request lines) → ``provider.upload``
+``uploaded`` +    one append: the file id and the intent to create → ``provider.create``; a crash
+``creating``      before ``submitted`` is reconciled with ``provider.find(chunk, not_before)`` first
+``submitted``     the provider batch id → ``provider.retrieve`` (poll with exponential backoff)
+``ended``         result refs and counts → read results on executors, MERGE into ``results``
+(results MERGE)   → retries re-staged (members and ``staged`` rows of new batches)
+``collected``     → best-effort cleanup of the input file and chunk file
+================  =================================================================================
+
+A batch the provider ``failed`` as a whole: with ``token_limit_exceeded`` (queue full) its members are
+copied to a new key, then one append records the old one ``abandoned`` and the new one ``uploaded``
+(same input file): it is created again later, with less in flight (the cap halves, then grows back by
+one per collected batch). Any other batch failure records every member ``batch_failed`` (final) with
+the provider's message. Expired and cancelled batches are collected; their open requests retry per
+:class:`~spark_llm_batch.config.RetryPolicy` via ``restage`` (attempt + 1).
+
+Usage::
+
+    summary = Orchestrator(spark, store, provider, config).run()   # -> RunSummary
+
+Progress: a log line (logger ``spark_llm_batch``) per state change and a summary every
+``config.poll.progress_seconds``; ``store.progress()`` gives the same counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from spark_llm_batch import _failpoints
+from spark_llm_batch._orchestrator_ended import EndedPhase, RestageFn
+from spark_llm_batch._progress import RunSummary, summarize
+from spark_llm_batch._store_tables import BatchRecord, Phase
+from spark_llm_batch.errors import AuthenticationError, ProviderError
+from spark_llm_batch.providers.base import BatchState, ProviderBatch
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from spark_llm_batch._store import Store
+    from spark_llm_batch.config import BatchConfig
+    from spark_llm_batch.providers.base import Provider
+
+__all__ = ["Orchestrator", "RestageFn", "RunSummary"]
+
+log = logging.getLogger("spark_llm_batch")
+
+# Statuses meaning "the provider rejected this submission": the batch fails as a whole.
+_REJECTED = (400, 404, 413, 422)
+
+
+class Orchestrator(EndedPhase):
+    """Drives every non-terminal batch of ``provider``/``config.model_name``/``config.endpoint``.
+
+    Args:
+        spark: the session.
+        store: the opened store.
+        provider: the provider (pickled to executors for collection).
+        config: limits, retry and poll policies, ``max_in_flight``.
+        restage: packs retry requests; default: ``_pack.stage_chunks`` with the config's limits.
+        sleep / clock: injectable for tests.
+
+    Example:
+        >>> summary = Orchestrator(spark, store, provider, config).run()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        store: Store,
+        provider: Provider,
+        config: BatchConfig,
+        *,
+        restage: RestageFn | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spark, self.store, self.provider, self.config = spark, store, provider, config
+        self._restage = restage or self._default_restage
+        self._sleep, self._clock = sleep, clock
+        self._records: dict[str, BatchRecord] = {}
+        self._due: dict[str, float] = {}  # key -> clock time of the next poll / earliest retry
+        self._interval: dict[str, float] = {}
+        self._reconcile: set[str] = set()  # ``creating`` keys whose batch may exist already
+        self._requeues: dict[str, int] = {}
+        self._cap = config.max_in_flight
+        self._queue_full = 0
+        self.summary = RunSummary()
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        """Drive every batch in scope to a terminal state (or until ``poll.timeout_seconds``)."""
+        self._load()
+        policy = self.config.poll
+        start = self._clock()
+        next_report = start + policy.progress_seconds
+        while self._active():
+            acted = self._step()
+            now = self._clock()
+            if now >= next_report:
+                log.info("progress: %s", summarize(self._records.values()))
+                next_report = now + policy.progress_seconds
+            if acted:
+                continue
+            if policy.timeout_seconds is not None and now - start >= policy.timeout_seconds:
+                log.warning(
+                    "stopped waiting after %.0f s; the batches stay tracked in the store",
+                    now - start,
+                )
+                self.summary.timed_out = True
+                break
+            self._sleep(max(0.0, min(self._next_wake(now), next_report) - now))
+        self.summary.progress = summarize(self._records.values())
+        log.info("run finished: %s", self.summary.progress)
+        return self.summary
+
+    def _load(self) -> None:
+        records = self.store.current_batches(
+            provider=self.provider.name, model=self.config.model_name, endpoint=self.config.endpoint
+        )
+        for record in records:
+            self._records[record.key] = record
+            if record.state is Phase.CREATING:
+                self._reconcile.add(record.key)  # a crash may have hit between create and commit
+            log.info("batch %s: resuming from %s", record.key, record.state.value)
+
+    def _active(self) -> bool:
+        return any(not r.state.is_terminal for r in self._records.values())
+
+    def _step(self) -> bool:
+        """One round of every kind of work; True when some batch changed state."""
+        acted = self._collect_ended()
+        acted = self._start_staged() or acted
+        acted = self._create_pending() or acted
+        return self._poll_due() or acted
+
+    def _in_state(self, *states: Phase) -> list[BatchRecord]:
+        return [r for r in self._records.values() if r.state in states]
+
+    def _ready(self, record: BatchRecord, now: float) -> bool:
+        return self._due.get(record.key, 0.0) <= now
+
+    def _next_wake(self, now: float) -> float:
+        waiting = self._in_state(Phase.SUBMITTED, Phase.CREATING)
+        if len(waiting) < self._cap:
+            waiting += self._in_state(Phase.STAGED, Phase.UPLOADED)
+        dues = [self._due.get(r.key, now) for r in waiting]
+        return min(dues) if dues else now + self.config.poll.initial_seconds
+
+    def _commit(self, events: list[BatchRecord]) -> None:
+        """Append ``events`` in one commit, then adopt them in memory and log each change."""
+        if not events:
+            return
+        self.store.append_batches(events)
+        for event in events:
+            before = self._records.get(event.key)
+            self._records[event.key] = event
+            detail = f" ({event.provider_state})" if event.provider_state else ""
+            log.info(
+                "batch %s: %s -> %s%s%s",
+                event.key,
+                before.state.value if before else "-",
+                event.state.value,
+                detail,
+                f" id {event.batch_id}" if event.batch_id else "",
+            )
+
+    def _schedule(self, key: str, *, reset: bool = False) -> None:
+        """Next poll of ``key``: exponential backoff within ``config.poll``."""
+        policy = self.config.poll
+        previous = self._interval.get(key)
+        interval = (
+            policy.initial_seconds if reset or previous is None else previous * policy.multiplier
+        )
+        self._interval[key] = min(interval, policy.max_seconds)
+        self._due[key] = self._clock() + self._interval[key]
+
+    # ---- staged / uploaded -> creating -> submitted -----------------------------------------------
+
+    def _start_staged(self) -> bool:
+        """Upload up to the free slots, then commit ``uploaded`` + ``creating`` in one append."""
+        slots = self._cap - len(self._in_state(Phase.CREATING, Phase.SUBMITTED))
+        now = self._clock()
+        ready = [r for r in self._in_state(Phase.UPLOADED, Phase.STAGED) if self._ready(r, now)][
+            : max(slots, 0)
+        ]
+        events: list[BatchRecord] = []
+        for record in ready:
+            current: BatchRecord | None = record
+            if record.state is Phase.STAGED:
+                current = self._upload(record, events)
+            if current is not None:
+                events.append(current.to(Phase.CREATING))
+        if ready:
+            _failpoints.hit("after_upload")
+        self._commit(events)
+        return bool(events)
+
+    def _upload(self, record: BatchRecord, events: list[BatchRecord]) -> BatchRecord | None:
+        """Upload ``record``'s chunk; append its next event(s) to ``events``; the uploaded record."""
+        try:
+            input_ref = self.provider.upload(record.chunk)
+        except FileNotFoundError as exc:
+            # The chunk file is gone: nothing to submit. Its members fall back to pending.
+            events.append(record.to(Phase.ABANDONED, error=f"chunk file missing: {exc}"))
+            return None
+        except ProviderError as exc:
+            rejected = self._submit_failed(record, exc)
+            if rejected is not None:
+                events.append(rejected)
+            return None
+        uploaded = record.to(Phase.UPLOADED, input_ref=input_ref)
+        events.append(uploaded)
+        return uploaded
+
+    def _create_pending(self) -> bool:
+        """``provider.create`` (or adopt via ``find``) every due ``creating`` batch; one commit."""
+        now = self._clock()
+        events = []
+        for record in self._in_state(Phase.CREATING):
+            if self._ready(record, now):
+                event = self._create_one(record)
+                if event is not None:
+                    events.append(event)
+        self._commit(events)
+        return bool(events)
+
+    def _create_one(self, record: BatchRecord) -> BatchRecord | None:
+        try:
+            found = None
+            if record.key in self._reconcile:
+                # Our clock at the ``creating`` commit: the provider widens it by its own clock slack.
+                found = self.provider.find(record.chunk, record.updated_at)
+            batch = found or self.provider.create(record.chunk, record.input_ref, self.config)
+        except ProviderError as exc:
+            self._reconcile.add(record.key)  # a failed call may still have created it
+            return self._submit_failed(record, exc)
+        if found is not None:
+            self.summary.adopted += 1
+            log.info(
+                "batch %s: found %s at the provider, adopted (not created again)",
+                record.key,
+                found.batch_id,
+            )
+        else:
+            self.summary.created += 1
+            _failpoints.hit("after_create")
+        self._reconcile.discard(record.key)
+        self._schedule(record.key, reset=True)
+        return record.to(Phase.SUBMITTED, **_observed(batch))
+
+    def _submit_failed(self, record: BatchRecord, exc: ProviderError) -> BatchRecord | None:
+        """A failed upload/create: rejected → ``ended`` failed; queue full → hold and shrink; else hold."""
+        if isinstance(exc, AuthenticationError):
+            raise exc
+        if exc.status in _REJECTED:
+            return record.to(Phase.ENDED, provider_state=BatchState.FAILED.value, error=exc.message)
+        if exc.status == 429:
+            self._shrink()
+        log.warning(
+            "batch %s: submission failed (status %s), retrying later: %s",
+            record.key,
+            exc.status,
+            exc.message,
+        )
+        self._hold(record.key, exc.retry_after)
+        return None
+
+    def _hold(self, key: str, retry_after: float | None = None) -> None:
+        policy = self.config.poll
+        backoff = policy.initial_seconds * policy.multiplier ** max(self._queue_full, 1)
+        self._due[key] = self._clock() + max(min(backoff, policy.max_seconds), retry_after or 0.0)
+
+    def _shrink(self) -> None:
+        self._queue_full += 1
+        self._cap = max(
+            1, min(self._cap, len(self._in_state(Phase.CREATING, Phase.SUBMITTED))) // 2
+        )
+        log.warning("provider queue full: at most %d batch(es) in flight for now", self._cap)
+
+    # ---- polling ----------------------------------------------------------------------------------
+
+    def _poll_due(self) -> bool:
+        """Retrieve every due ``submitted`` batch; commit state changes in one append."""
+        now = self._clock()
+        due = [r for r in self._in_state(Phase.SUBMITTED) if self._ready(r, now)]
+        events = []
+        for record in due:
+            try:
+                batch = self.provider.retrieve(record.batch_id or "")
+            except AuthenticationError:
+                raise
+            except ProviderError as exc:
+                log.warning(
+                    "batch %s: poll failed (status %s): %s", record.key, exc.status, exc.message
+                )
+                self._schedule(record.key)
+                continue
+            if batch.state.is_terminal:
+                events.append(record.to(Phase.ENDED, **_observed(batch)))
+                continue
+            self._schedule(record.key)
+            if batch.state.value != record.provider_state:
+                events.append(record.to(Phase.SUBMITTED, **_observed(batch)))
+        if due:
+            _failpoints.hit("while_polling")
+        self._commit(events)
+        return any(e.state is Phase.ENDED for e in events)
+
+
+def _observed(batch: ProviderBatch) -> dict[str, object]:
+    """The record fields a provider observation sets."""
+    errors = "; ".join(f"{code}: {message}" for code, message in batch.errors) or None
+    return {
+        "batch_id": batch.batch_id,
+        "provider_state": batch.state.value,
+        "result_refs": tuple(batch.result_refs),
+        "total": batch.total,
+        "completed": batch.completed,
+        "failed": batch.failed,
+        "error": errors,
+    }

@@ -1,0 +1,252 @@
+"""The store's table layouts, its migrations, and the batch record the driver keeps in memory.
+
+Tables (Delta; under the store path, or in the store's catalog schema):
+
+- ``_migrations(name, ordinal, applied_at)``: which migrations of :data:`MIGRATIONS` ran.
+- ``batches``: an append-only event log, one row per transition of a batch. The current state of a
+  batch is its row with the highest ``seq``. Columns: see :data:`BATCH_COLUMNS`.
+- ``members(hash, batch_key, attempt)``: which request is in which batch.
+- ``requests(hash, line, nbytes)``: encoded lines, kept so a retry needs no re-read of the input.
+  Append-only; a hash may appear more than once (same content, so readers drop duplicates).
+- ``results``: one row per request hash (MERGE), see :data:`RESULT_COLUMNS`.
+
+Rows of ``batches`` and ``results`` carry ``format_version``; a reader meeting a version newer than
+:data:`FORMAT_VERSION` refuses to guess and raises :class:`~spark_llm_batch.errors.StoreError`.
+Enums are stored by value. Secrets never reach these tables: errors are redacted before storing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from spark_llm_batch.errors import StoreError, redact
+from spark_llm_batch.providers.base import ChunkRef
+
+__all__ = [
+    "BATCH_COLUMNS",
+    "FORMAT_VERSION",
+    "MIGRATIONS",
+    "RESULT_COLUMNS",
+    "TABLES",
+    "BatchRecord",
+    "Migration",
+    "Phase",
+]
+
+FORMAT_VERSION = 1
+"""The row format this code writes and understands."""
+
+TABLES = ("_migrations", "batches", "members", "requests", "results")
+
+
+class Phase(str, enum.Enum):
+    """Our side of a batch's life, stored by value in ``batches.state``.
+
+    ``staged → uploaded → creating → submitted → ended → collected``; ``abandoned`` when superseded
+    (re-queued as a new batch) or impossible to submit (its chunk file is gone).
+    """
+
+    STAGED = "staged"
+    UPLOADED = "uploaded"
+    CREATING = "creating"
+    SUBMITTED = "submitted"
+    ENDED = "ended"
+    COLLECTED = "collected"
+    ABANDONED = "abandoned"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True when nothing more will happen to the batch."""
+        return self in (Phase.COLLECTED, Phase.ABANDONED)
+
+
+BATCH_COLUMNS = (
+    ("key", "STRING"),
+    ("seq", "INT"),
+    ("state", "STRING"),
+    ("provider", "STRING"),
+    ("model", "STRING"),
+    ("endpoint", "STRING"),
+    ("attempt", "INT"),
+    ("uri", "STRING"),
+    ("requests", "BIGINT"),
+    ("nbytes", "BIGINT"),
+    ("input_ref", "STRING"),
+    ("batch_id", "STRING"),
+    ("provider_state", "STRING"),
+    ("result_refs", "ARRAY<STRING>"),
+    ("total", "BIGINT"),
+    ("completed", "BIGINT"),
+    ("failed", "BIGINT"),
+    ("error", "STRING"),
+    ("updated_at", "TIMESTAMP"),
+    ("format_version", "INT"),
+)
+
+RESULT_COLUMNS = (
+    ("hash", "STRING"),
+    ("status", "STRING"),
+    ("text", "STRING"),
+    ("finish_reason", "STRING"),
+    ("error_class", "STRING"),
+    ("error_message", "STRING"),
+    ("input_tokens", "BIGINT"),
+    ("output_tokens", "BIGINT"),
+    ("model", "STRING"),
+    ("batch_id", "STRING"),
+    ("attempt", "INT"),
+    ("final", "BOOLEAN"),
+    ("updated_at", "TIMESTAMP"),
+    ("format_version", "INT"),
+)
+
+
+def ddl(columns: tuple[tuple[str, str], ...]) -> str:
+    """A column list for CREATE TABLE."""
+    return ", ".join(f"`{name}` {kind}" for name, kind in columns)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One named schema change. ``sql`` uses ``{batches}``-style placeholders for table references.
+
+    Migrations are append-only: never edit or reorder a released one, add a new one instead. Each
+    statement is idempotent (``IF NOT EXISTS``), so a crash between applying and recording is harmless.
+    """
+
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_create_batches",
+        f"CREATE TABLE IF NOT EXISTS {{batches}} ({ddl(BATCH_COLUMNS)}) USING DELTA",
+    ),
+    Migration(
+        "0002_create_members",
+        "CREATE TABLE IF NOT EXISTS {members} (`hash` STRING, `batch_key` STRING, `attempt` INT) USING DELTA",
+    ),
+    Migration(
+        "0003_create_requests",
+        "CREATE TABLE IF NOT EXISTS {requests} (`hash` STRING, `line` STRING, `nbytes` BIGINT) USING DELTA",
+    ),
+    Migration(
+        "0004_create_results",
+        f"CREATE TABLE IF NOT EXISTS {{results}} ({ddl(RESULT_COLUMNS)}) USING DELTA",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One row of the ``batches`` event log; the row with the highest ``seq`` is the batch's state.
+
+    ``updated_at`` is unix seconds here (a TIMESTAMP in the table).
+    """
+
+    key: str
+    seq: int
+    state: Phase
+    provider: str
+    model: str
+    endpoint: str
+    attempt: int
+    uri: str
+    requests: int
+    nbytes: int
+    input_ref: str | None = None
+    batch_id: str | None = None
+    provider_state: str | None = None
+    result_refs: tuple[str, ...] = ()
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    error: str | None = None
+    updated_at: float = 0.0
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def staged(cls, chunk: ChunkRef, *, provider: str, endpoint: str) -> BatchRecord:
+        """The first event of a freshly staged chunk."""
+        return cls(
+            key=chunk.key,
+            seq=0,
+            state=Phase.STAGED,
+            provider=provider,
+            model=chunk.model,
+            endpoint=endpoint,
+            attempt=chunk.attempt,
+            uri=chunk.uri,
+            requests=chunk.requests,
+            nbytes=chunk.nbytes,
+            updated_at=time.time(),
+        )
+
+    def to(self, state: Phase, **changes: Any) -> BatchRecord:
+        """The next event: ``state`` plus ``changes``, with ``seq`` + 1 and a fresh ``updated_at``."""
+        if "error" in changes and changes["error"] is not None:
+            changes["error"] = redact(str(changes["error"]))[:2000]
+        return dataclasses.replace(
+            self, seq=self.seq + 1, state=state, updated_at=time.time(), **changes
+        )
+
+    @property
+    def chunk(self) -> ChunkRef:
+        """The chunk this batch submits."""
+        return ChunkRef(self.key, self.uri, self.requests, self.nbytes, self.model, self.attempt)
+
+    def to_row(self) -> tuple[Any, ...]:
+        """The row in :data:`BATCH_COLUMNS` order (``updated_at`` as an aware UTC datetime)."""
+        import datetime as dt
+
+        values = dataclasses.asdict(self)
+        values["state"] = self.state.value
+        values["result_refs"] = list(self.result_refs)
+        values["updated_at"] = dt.datetime.fromtimestamp(self.updated_at, tz=dt.timezone.utc)
+        return tuple(values[name] for name, _ in BATCH_COLUMNS)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> BatchRecord:
+        """Parse a row (``updated_at`` already in unix seconds); fail closed on what we cannot trust.
+
+        Raises:
+            StoreError: unknown ``state``, a newer ``format_version``, or a missing required field.
+        """
+        key = row.get("key")
+        version = row.get("format_version")
+        if version is None or version > FORMAT_VERSION:
+            raise StoreError(
+                f"batches.format_version is {version!r} for batch {key!r}; this version of "
+                f"spark-llm-batch reads up to {FORMAT_VERSION}: upgrade the library"
+            )
+        try:
+            state = Phase(row.get("state"))
+        except ValueError:
+            raise StoreError(
+                f"batches.state has unknown value {row.get('state')!r} for batch {key!r}"
+            ) from None
+        for name in (
+            "key",
+            "seq",
+            "provider",
+            "model",
+            "endpoint",
+            "attempt",
+            "uri",
+            "requests",
+            "nbytes",
+        ):
+            if row.get(name) is None:
+                raise StoreError(f"batches.{name} is null for batch {key!r} (state {state.value})")
+        if state is Phase.SUBMITTED and not row.get("batch_id"):
+            raise StoreError(f"batches.batch_id is null for batch {key!r} in state {state.value}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in row.items() if k in fields and v is not None}
+        values["state"] = state
+        values["result_refs"] = tuple(row.get("result_refs") or ())
+        return cls(**values)

@@ -1,0 +1,79 @@
+"""Checks on the user's DataFrame that run before anything is spent.
+
+Each check raises :class:`~spark_llm_batch.errors.ConfigError` with a message that says what to fix:
+the missing column and the ones that exist, the duplicated ids, the colliding names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from spark_llm_batch._columns import RESERVED_PREFIX
+from spark_llm_batch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pyspark.sql import DataFrame
+
+    from spark_llm_batch.config import BatchConfig
+
+__all__ = ["check_input"]
+
+_SHOWN_DUPLICATES = 5
+
+
+def check_input(df: DataFrame, prompt_col: str, config: BatchConfig) -> None:
+    """Validate ``df`` for one ``llm_batch`` call.
+
+    Raises:
+        ConfigError: the prompt column is missing or not a string, a column uses the reserved
+            prefix, the result column collides with an input column, or ``id_col`` is missing or
+            holds duplicates.
+    """
+    from pyspark.sql.types import StringType
+
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    existing = ", ".join(sorted(fields)) or "(none)"
+    if prompt_col not in fields:
+        raise ConfigError(
+            f"prompt column {prompt_col!r} is not in the DataFrame; its columns are: {existing}"
+        )
+    if not isinstance(fields[prompt_col], StringType):
+        raise ConfigError(
+            f"prompt column {prompt_col!r} has type {fields[prompt_col].simpleString()}, not string: "
+            f"cast it first, e.g. df.withColumn({prompt_col!r}, F.col({prompt_col!r}).cast('string'))"
+        )
+    reserved = sorted(name for name in fields if name.startswith(RESERVED_PREFIX))
+    if reserved:
+        raise ConfigError(
+            f"columns starting with {RESERVED_PREFIX!r} are reserved for spark-llm-batch: rename {reserved}"
+        )
+    if config.result_col in fields:
+        raise ConfigError(
+            f"result column {config.result_col!r} already exists in the input: pass result_col=... "
+            f"with another name (the input's columns are: {existing})"
+        )
+    if config.id_col is not None:
+        _check_ids(df, config.id_col, fields, existing)
+
+
+def _check_ids(df: DataFrame, id_col: str, fields: Mapping[str, object], existing: str) -> None:
+    from pyspark.sql import functions as F
+
+    if id_col not in fields:
+        raise ConfigError(f"id_col {id_col!r} is not in the DataFrame; its columns are: {existing}")
+    nulls = df.where(F.col(id_col).isNull()).limit(1).count()
+    if nulls:
+        raise ConfigError(
+            f"id_col {id_col!r} has null values: every row needs a unique, non-null id"
+        )
+    duplicated = (
+        df.groupBy(id_col).count().where(F.col("count") > 1).limit(_SHOWN_DUPLICATES).collect()
+    )
+    if duplicated:
+        shown = ", ".join(f"{row[id_col]!r} ({row['count']} rows)" for row in duplicated)
+        raise ConfigError(
+            f"id_col {id_col!r} must be unique, but some values repeat: {shown}"
+            f"{' ...' if len(duplicated) == _SHOWN_DUPLICATES else ''}"
+        )

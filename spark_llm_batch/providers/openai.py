@@ -1,0 +1,394 @@
+"""The OpenAI Batch API provider, over the official ``openai`` SDK.
+
+A chunk file is uploaded with ``purpose="batch"``, a batch is created from the file id and tagged
+with our key in ``metadata``, and results are streamed line by line from the output and error files.
+
+The SDK is imported lazily (when a client is first built or an SDK error is translated), so that
+importing :mod:`spark_llm_batch.providers` or unpickling a provider on an executor stays cheap.
+
+Example:
+    >>> from spark_llm_batch.config import BatchConfig, ProviderSettings
+    >>> provider = OpenAIProvider(ProviderSettings(api_key="sk-test-123456"))
+    >>> cfg = BatchConfig(model="gpt-4o-mini", store="/tmp/s", params={"temperature": 0})
+    >>> provider.request_line("c1", provider.request_body(cfg, "hi"), cfg)
+    '{"custom_id":"c1","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"temperature":0}}'
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, ClassVar, TypeVar
+
+from pydantic import SecretStr
+
+from spark_llm_batch import _results
+from spark_llm_batch._retry import RetrySettings, call_with_retry, parse_retry_after
+from spark_llm_batch.config import BatchConfig
+from spark_llm_batch.errors import AuthenticationError, ConfigError, ProviderError, redact
+from spark_llm_batch.providers.base import (
+    BatchState,
+    ChunkRef,
+    Provider,
+    ProviderBatch,
+    ResultRecord,
+)
+
+__all__ = ["OpenAIProvider"]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_STATES = {state.value: state for state in BatchState}
+# Body keys the provider sets itself: a params entry with these names would silently override them.
+_BODY_KEYS = frozenset({"model", "messages"})
+KEY_FIELD = "llm_batch_key"
+ATTEMPT_FIELD = "llm_batch_attempt"
+# Our clock and the provider's differ: look this much further back when reconciling a create.
+_CLOCK_SLACK = 600.0
+# Keys pickled to executors are obscured (not encrypted) so that dumps and secret scanners never
+# see them in plain text; anyone holding the pickle can still recover the key, as they must.
+_PAD = b"spark-llm-batch/obscure"
+
+
+@dataclass
+class OpenAIProvider(Provider):
+    """OpenAI's Batch API (and compatible servers, via ``settings.base_url``).
+
+    Attributes:
+        settings: resolved credentials, base URL, timeout and SDK retries.
+        retry: bounds of our own control-plane retry loop, on top of the SDK's retries.
+    """
+
+    name: ClassVar[str] = "openai"
+    default_max_requests: ClassVar[int] = 50_000
+    default_max_bytes: ClassVar[int] = 200 * 1024 * 1024
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+    # ---- pickling ---------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        settings = state["settings"]
+        if settings.api_key is not None:
+            state["settings"] = settings.model_copy(update={"api_key": None})
+            state["_obscured_key"] = _obscure(settings.api_key.get_secret_value())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        obscured = state.pop("_obscured_key", None)
+        if obscured is not None:
+            key = SecretStr(_reveal(obscured))
+            state["settings"] = state["settings"].model_copy(update={"api_key": key})
+        self.__dict__.update(state)
+
+    # ---- data plane -------------------------------------------------------------------------------
+
+    def request_body(self, config: BatchConfig, prompt: str) -> dict[str, Any]:
+        """The chat completions body: model, messages, ``config.params``, response format.
+
+        Raises:
+            ConfigError: ``config.params`` sets ``model`` or ``messages``.
+        """
+        clash = _BODY_KEYS.intersection(config.params)
+        if clash:
+            raise ConfigError(
+                f"params must not set {sorted(clash)}: pass the model as model=... and the prompt "
+                "through the prompt column (and system=...)"
+            )
+        messages: list[dict[str, str]] = []
+        if config.system:
+            messages.append({"role": "system", "content": config.system})
+        messages.append({"role": "user", "content": prompt})
+        body: dict[str, Any] = {"model": config.model_name, "messages": messages, **config.params}
+        if config.response_format is not None:
+            body["response_format"] = response_format(config.response_format)
+        return body
+
+    def request_line(self, custom_id: str, body: dict[str, Any], config: BatchConfig) -> str:
+        """``{"custom_id","method","url","body"}`` as compact JSON (the encoder splices into it)."""
+        line = {"custom_id": custom_id, "method": "POST", "url": config.endpoint, "body": body}
+        return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+
+    def iter_results(self, batch: ProviderBatch) -> Iterator[ResultRecord]:
+        """Stream every line of the batch's output and error files as :class:`ResultRecord`.
+
+        A line that does not parse is logged and skipped: its request surfaces as ``missing``.
+        """
+        for file_id in batch.result_refs:
+            for raw in self._stream_lines(file_id):
+                try:
+                    yield _results.parse_openai_line(raw)
+                except ValueError as exc:
+                    log.warning(
+                        "skipping unreadable line in %s of %s: %s", file_id, batch.batch_id, exc
+                    )
+
+    def _stream_lines(self, file_id: str) -> Iterator[bytes]:
+        client = self._sdk()
+        with contextlib.ExitStack() as stack:
+            # Only opening the download is retried: once lines were yielded, a retry would repeat them.
+            response = call_with_retry(
+                lambda: self._call(
+                    f"downloading file {file_id}",
+                    lambda: stack.enter_context(
+                        client.files.with_streaming_response.content(file_id)
+                    ),
+                ),
+                settings=self.retry,
+                what=f"downloading file {file_id}",
+            )
+            with _translated(f"reading file {file_id}"):
+                yield from split_lines(response.iter_bytes())
+
+    # ---- control plane ----------------------------------------------------------------------------
+
+    def upload(self, chunk: ChunkRef) -> str:
+        """Stream the chunk file to ``files.create(purpose="batch")``; return the file id."""
+        client = self._sdk()
+
+        def attempt() -> str:
+            with open_input(chunk.uri) as stream:
+                upload = (f"{chunk.key}.jsonl", stream, "application/jsonl")
+                file = client.files.create(file=upload, purpose="batch")
+            return str(file.id)
+
+        file_id = self._retrying(f"uploading chunk {chunk.key}", attempt)
+        log.info(
+            "uploaded chunk %s (%d requests, %d bytes) as %s",
+            chunk.key,
+            chunk.requests,
+            chunk.nbytes,
+            file_id,
+        )
+        return file_id
+
+    def create(self, chunk: ChunkRef, input_ref: str | None, config: BatchConfig) -> ProviderBatch:
+        """Create the batch, tagged ``{"llm_batch_key": key, "llm_batch_attempt": n}``.
+
+        The SDK's own retries are off for this call: a create that failed after the provider
+        accepted it must not be repeated blindly. Our loop looks the batch up by key first.
+        """
+        if not input_ref:
+            raise ValueError(f"chunk {chunk.key} has no uploaded file id: upload it before create")
+        client = self._sdk().with_options(max_retries=0)
+        metadata = {KEY_FIELD: chunk.key, ATTEMPT_FIELD: str(chunk.attempt)}
+        started = time.time()
+        what = f"creating batch for chunk {chunk.key}"
+
+        def attempt() -> ProviderBatch:
+            created = client.batches.create(
+                input_file_id=input_ref,
+                endpoint=config.endpoint,
+                completion_window=config.completion_window,
+                metadata=metadata,
+            )
+            return normalise_batch(created)
+
+        batch = call_with_retry(
+            lambda: self._call(what, attempt),
+            settings=self.retry,
+            what=what,
+            before_retry=lambda: self.find(chunk, started - _CLOCK_SLACK),
+        )
+        log.info(
+            "created batch %s for chunk %s (attempt %d)", batch.batch_id, chunk.key, chunk.attempt
+        )
+        return batch
+
+    def find(self, chunk: ChunkRef, not_before: float) -> ProviderBatch | None:
+        """The newest batch tagged with ``chunk.key`` created at or after ``not_before``."""
+        client = self._sdk()
+
+        def attempt() -> ProviderBatch | None:
+            # Auto-pagination walks newest first; stop at the first batch older than not_before.
+            for batch in client.batches.list(limit=100):
+                if batch.created_at is not None and batch.created_at < not_before:
+                    return None
+                if (batch.metadata or {}).get(KEY_FIELD) == chunk.key:
+                    return normalise_batch(batch)
+            return None
+
+        return self._retrying(f"finding batch for chunk {chunk.key}", attempt)
+
+    def retrieve(self, batch_id: str) -> ProviderBatch:
+        """The batch's current state."""
+        client = self._sdk()
+        return self._retrying(
+            f"retrieving batch {batch_id}",
+            lambda: normalise_batch(client.batches.retrieve(batch_id)),
+        )
+
+    def cancel(self, batch_id: str) -> ProviderBatch:
+        """Ask OpenAI to cancel the batch (it passes through ``cancelling``)."""
+        client = self._sdk()
+        batch = self._retrying(
+            f"cancelling batch {batch_id}", lambda: normalise_batch(client.batches.cancel(batch_id))
+        )
+        log.info("cancel requested for batch %s: now %s", batch_id, batch.raw_status)
+        return batch
+
+    def cleanup(self, input_ref: str | None) -> None:
+        """Delete the uploaded input file; failures are logged, never raised."""
+        if not input_ref:
+            return
+        client = self._sdk()
+        try:
+            self._call(f"deleting file {input_ref}", lambda: client.files.delete(input_ref))
+        except ProviderError as exc:
+            log.info("could not delete input file %s (ignored): %s", input_ref, exc.message)
+
+    # ---- helpers ----------------------------------------------------------------------------------
+
+    def _sdk(self) -> Any:
+        """The SDK client, built on first use (and again after unpickling)."""
+        if self._client is None:
+            import openai
+
+            key = self.settings.api_key
+            try:
+                self._client = openai.OpenAI(
+                    api_key=key.get_secret_value() if key is not None else None,
+                    base_url=self.settings.base_url,
+                    timeout=self.settings.timeout_seconds,
+                    max_retries=self.settings.max_retries,
+                )
+            except openai.OpenAIError as exc:
+                raise ConfigError(
+                    f"cannot build the OpenAI client: {exc}. Set OPENAI_API_KEY or pass "
+                    "provider_settings=ProviderSettings(api_key=...)"
+                ) from None
+        return self._client
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        with _translated(what):
+            return fn()
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        return call_with_retry(lambda: self._call(what, fn), settings=self.retry, what=what)
+
+
+def response_format(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``response_format`` for ``schema``: a bare JSON schema is wrapped as strict.
+
+    Example:
+        >>> response_format({"type": "object", "properties": {}})["type"]
+        'json_schema'
+        >>> response_format({"type": "json_object"})
+        {'type': 'json_object'}
+    """
+    if schema.get("type") in ("json_schema", "json_object", "text"):
+        return schema  # already in OpenAI's own shape
+    title = schema.get("title")
+    name = title if isinstance(title, str) else "response"
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)[:64] or "response"
+    return {"type": "json_schema", "json_schema": {"name": safe, "schema": schema, "strict": True}}
+
+
+def normalise_batch(batch: Any) -> ProviderBatch:
+    """Turn an SDK ``Batch`` into a :class:`ProviderBatch`."""
+    raw = str(batch.status)
+    state = _STATES.get(raw)
+    if state is None:
+        # A status we do not know yet: keep polling rather than guess an end.
+        log.warning("batch %s has unknown status %r; treating it as in progress", batch.id, raw)
+        state = BatchState.IN_PROGRESS
+    counts = batch.request_counts
+    refs = tuple(ref for ref in (batch.output_file_id, batch.error_file_id) if ref)
+    errors = tuple(
+        (str(err.code or "unknown"), redact(str(err.message or "")))
+        for err in ((batch.errors.data or []) if batch.errors is not None else [])
+    )
+    return ProviderBatch(
+        batch_id=str(batch.id),
+        state=state,
+        total=int(counts.total) if counts is not None else 0,
+        completed=int(counts.completed) if counts is not None else 0,
+        failed=int(counts.failed) if counts is not None else 0,
+        result_refs=refs,
+        errors=errors,
+        key=(batch.metadata or {}).get(KEY_FIELD),
+        created_at=float(batch.created_at) if batch.created_at is not None else None,
+        raw_status=raw,
+    )
+
+
+def open_input(uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+    """Open a chunk file for streaming: a local path, or any URI ``pyarrow.fs`` understands."""
+    if "://" not in uri:
+        return open(uri, "rb")
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+    # A random-access file: the SDK can seek back to 0 to resend it on a retry.
+    return filesystem.open_input_file(path)
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Split a byte stream into non-empty lines on ``\\n`` only.
+
+    ``str.splitlines`` would also split on U+2028 and friends, which JSON may carry raw.
+
+    Example:
+        >>> list(split_lines([b'{"a":1}\\n{"b"', b':2}\\r\\n\\n']))
+        [b'{"a":1}', b'{"b":2}']
+    """
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer.extend(chunk)
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start:end]).rstrip(b"\r")
+            if line.strip():
+                yield line
+            start = end + 1
+        del buffer[:start]
+    if bytes(buffer).strip():
+        yield bytes(buffer).rstrip(b"\r")
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Re-raise SDK errors as :mod:`spark_llm_batch.errors` (redacted, picklable, no SDK chain)."""
+    import openai
+
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        raise _status_error(exc, what) from None
+    except openai.APIConnectionError as exc:
+        raise ProviderError(f"OpenAI unreachable while {what}: {exc.message}") from None
+
+
+def _status_error(exc: Any, what: str) -> ProviderError:
+    import openai
+
+    status = int(exc.status_code)
+    body = exc.body
+    message = f"OpenAI answered {status} while {what}: {exc.message}"
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        hint = " Check OPENAI_API_KEY (or provider_settings.api_key) and the key's permissions."
+        return AuthenticationError(message + hint, status=status, body=body)
+    if exc.code == "insufficient_quota" or exc.type == "insufficient_quota":
+        hint = " The account is out of quota: add credit or raise the limit, then re-run."
+        return AuthenticationError(message + hint, status=status, body=body)
+    retry_after = parse_retry_after(dict(exc.response.headers))
+    return ProviderError(message, status=status, body=body, retry_after=retry_after)
+
+
+def _obscure(key: str) -> str:
+    data = key.encode()
+    pad = (_PAD * (len(data) // len(_PAD) + 1))[: len(data)]
+    return base64.b64encode(bytes(a ^ b for a, b in zip(data, pad, strict=True))).decode()
+
+
+def _reveal(obscured: str) -> str:
+    data = base64.b64decode(obscured)
+    pad = (_PAD * (len(data) // len(_PAD) + 1))[: len(data)]
+    return bytes(a ^ b for a, b in zip(data, pad, strict=True)).decode()

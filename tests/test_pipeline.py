@@ -1,0 +1,123 @@
+"""End to end: DataFrame -> OpenAI batches on the emulator -> Delta output, exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from spark_llm_batch.config import BatchLimits, PollPolicy
+from spark_llm_batch.emulator import _answers
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pyspark.sql import SparkSession
+
+    from spark_llm_batch.emulator import Emulator
+
+MODEL = "gpt-4o-mini"
+SYSTEM = "Answer briefly."
+
+
+def _options(emu: Emulator, store: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "store": str(store),
+        "system": SYSTEM,
+        "params": {"temperature": 0},
+        "limits": BatchLimits(max_requests=40),
+        "poll": PollPolicy(initial_seconds=0.05, max_seconds=0.2, progress_seconds=1.0),
+        "provider_settings": {"api_key": "sk-test-emulator", "base_url": emu.openai_base_url},
+        **extra,
+    }
+
+
+def _billed(emu: Emulator) -> Counter[str]:
+    return Counter(entry["custom_id"] for entry in emu.ledger() if entry["batch_id"])
+
+
+@pytest.fixture
+def quick_emulator(fresh_emulator: Callable[..., Emulator]) -> Emulator:
+    return fresh_emulator(processing_seconds=1.0, clock_speed=50.0)
+
+
+def test_every_row_gets_its_own_answer_billed_once(
+    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+) -> None:
+    rows = [(i, f"Summarise item number {i}") for i in range(150)]
+    df = spark.createDataFrame(rows, "id long, prompt string").repartition(7)
+
+    out = df.llm_batch("prompt", id_col="id", **_options(quick_emulator, tmp_path / "store"))
+
+    got = {r["id"]: r for r in out.select("id", "prompt", "llm.*").collect()}
+    assert len(got) == out.count() == 150
+    for i, prompt in rows:
+        row = got[i]
+        assert row["status"] == "succeeded", row
+        assert row["text"] == _answers.expected_text(prompt, model=MODEL, system=SYSTEM)
+        assert row["input_tokens"] > 0
+        assert row["output_tokens"] > 0
+        assert row["attempts"] == 1
+    assert len({r["batch_id"] for r in got.values()}) >= 4  # 150 requests, 40 per batch
+    billed = _billed(quick_emulator)
+    assert len(billed) == 150
+    assert set(billed.values()) == {1}
+
+
+def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
+    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+) -> None:
+    options = _options(quick_emulator, tmp_path / "store")
+    first = spark.createDataFrame([(i, f"prompt {i}") for i in range(60)], "id long, prompt string")
+    out1 = first.llm_batch("prompt", **options)
+    answers1 = {r["id"]: r["text"] for r in out1.select("id", "llm.text").collect()}
+    assert len(_billed(quick_emulator)) == 60
+
+    out2 = first.llm_batch("prompt", **options)
+    assert {r["id"]: r["text"] for r in out2.select("id", "llm.text").collect()} == answers1
+    assert len(quick_emulator.ledger()) == 60
+
+    grown = spark.createDataFrame([(i, f"prompt {i}") for i in range(75)], "id long, prompt string")
+    out3 = grown.llm_batch("prompt", **options)
+    assert out3.count() == 75
+    billed = _billed(quick_emulator)
+    assert len(billed) == 75
+    assert set(billed.values()) == {1}
+
+
+def test_duplicates_bad_prompts_and_faults_are_rows_not_crashes(
+    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+) -> None:
+    rows = [
+        (1, "same prompt"),
+        (2, "same prompt"),
+        (3, None),
+        (4, "   "),
+        (5, "please [[emulator:invalid_request]]"),
+        (6, "please [[emulator:refused]]"),
+        (7, "x" * 5000),
+        (8, "fine"),
+    ]
+    df = spark.createDataFrame(rows, "id long, prompt string")
+    options = _options(quick_emulator, tmp_path / "store", limits=BatchLimits(max_bytes=4000))
+    out = {r["id"]: r for r in df.llm_batch("prompt", **options).select("id", "llm.*").collect()}
+
+    assert len(out) == 8
+    assert out[1]["text"] == out[2]["text"] is not None
+    assert out[1]["request_hash"] == out[2]["request_hash"]
+    assert out[3]["error_class"] == out[4]["error_class"] == "invalid_input"
+    assert out[5]["error_class"] == "invalid_request"
+    assert out[6]["error_class"] == "refused"
+    assert out[7]["error_class"] == "too_large"
+    assert out[8]["status"] == "succeeded"
+    for failed in (3, 4, 5, 6, 7):
+        assert out[failed]["status"] == "failed"
+        assert out[failed]["error_message"]
+    # The duplicate prompt was sent (and billed) once; the bad rows were never sent.
+    billed = _billed(quick_emulator)
+    assert set(billed.values()) == {1}
+    # Billed: the shared prompt once, the refusal (a 200 answer) and "fine"; not the 400.
+    assert len(billed) == 3

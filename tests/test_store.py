@@ -1,0 +1,140 @@
+"""The Delta store: migrations, event-log semantics, write-ahead order, progress, fail-closed reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from spark_llm_batch import _columns as C
+from spark_llm_batch._store import Store
+from spark_llm_batch._store_tables import MIGRATIONS, BatchRecord, Phase
+from spark_llm_batch.errors import ConfigError, StoreError
+from spark_llm_batch.providers.base import ChunkRef
+from tests.orchestrator_fakes import prompts, requests_frame, stage_rows
+
+ENDPOINT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def store(spark: SparkSession, tmp_path: Path) -> Store:
+    return Store.open(spark, str(tmp_path / "store"))
+
+
+def _record(key: str, requests: int = 3) -> BatchRecord:
+    chunk = ChunkRef(key, f"/tmp/{key}.jsonl", requests, 10 * requests, "m")
+    return BatchRecord.staged(chunk, provider="fake", endpoint=ENDPOINT)
+
+
+def test_migrations_are_recorded_once_and_reopening_is_idempotent(
+    spark: SparkSession, store: Store
+) -> None:
+    names = [m.name for m in MIGRATIONS]
+    assert store.applied_migrations() == names
+    again = Store.open(spark, store.location)
+    assert again.applied_migrations() == names
+    assert store.table("_migrations").count() == len(names)
+
+
+def test_a_migration_unknown_to_this_version_fails_closed(
+    spark: SparkSession, store: Store
+) -> None:
+    rows = spark.createDataFrame(
+        [("9999_from_the_future", 99, None)], "name STRING, ordinal INT, applied_at TIMESTAMP"
+    )
+    rows.write.format("delta").mode("append").save(f"{store.location}/_migrations")
+    with pytest.raises(StoreError, match=r"_migrations\.name"):
+        Store.open(spark, store.location)
+
+
+def test_an_unwritable_location_is_a_config_error(spark: SparkSession, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="store"):
+        Store.open(spark, str(blocker / "store"))
+
+
+def test_current_state_is_the_highest_seq_and_one_append_holds_many_batches(store: Store) -> None:
+    a, b = _record("a"), _record("b")
+    store.append_batches([a, b])
+    versions_before = store.spark.sql(f"DESCRIBE HISTORY {store.table_ref('batches')}").count()
+    uploaded = a.to(Phase.UPLOADED, input_ref="file-a")
+    store.append_batches([uploaded, uploaded.to(Phase.CREATING), b.to(Phase.ABANDONED, error="x")])
+    versions_after = store.spark.sql(f"DESCRIBE HISTORY {store.table_ref('batches')}").count()
+    assert versions_after == versions_before + 1  # three transitions, one Delta commit
+    (current,) = store.current_batches(provider="fake")
+    assert (current.key, current.state, current.seq, current.input_ref) == (
+        "a",
+        Phase.CREATING,
+        2,
+        "file-a",
+    )
+    everything = {r.key: r.state for r in store.current_batches(include_terminal=True)}
+    assert everything == {"a": Phase.CREATING, "b": Phase.ABANDONED}
+    assert store.table("batches").count() == 5  # append-only: history kept
+
+
+def test_two_rows_sharing_the_highest_seq_fail_closed(store: Store) -> None:
+    a = _record("a")
+    store.append_batches([a, a.to(Phase.UPLOADED), a.to(Phase.CREATING)])  # both seq 1
+    with pytest.raises(StoreError, match=r"batches\.seq"):
+        store.current_batches()
+
+
+def test_an_unknown_state_or_newer_format_fails_closed(store: Store) -> None:
+    row = list(_record("z").to_row())
+    row[2] = "exploded"
+    frame = store.spark.createDataFrame([tuple(row)], store.table("batches").schema)
+    frame.write.format("delta").mode("append").save(f"{store.location}/batches")
+    with pytest.raises(StoreError, match=r"batches\.state"):
+        store.current_batches()
+    with pytest.raises(StoreError, match=r"batches\.format_version"):
+        BatchRecord.from_row({"key": "k", "state": "staged", "format_version": 99})
+
+
+def test_record_staged_writes_members_before_batches_and_feeds_the_anti_join(
+    spark: SparkSession, store: Store, tmp_path: Path
+) -> None:
+    rows = prompts(5)
+    staged = stage_rows(spark, rows, tmp_path, per_chunk=2)
+    records = store.record_staged(
+        staged, requests_frame(spark, rows), provider="fake", endpoint=ENDPOINT
+    )
+    assert len(records) == 3
+    # Write-ahead: members' commit precedes the batch rows that put them in flight.
+    members_time = (
+        spark.sql(f"DESCRIBE HISTORY {store.table_ref('members')}")
+        .agg({"timestamp": "max"})
+        .first()
+    )
+    batches_time = (
+        spark.sql(f"DESCRIBE HISTORY {store.table_ref('batches')}")
+        .agg({"timestamp": "max"})
+        .first()
+    )
+    assert members_time is not None
+    assert batches_time is not None
+    assert members_time[0] <= batches_time[0]
+    inflight = {r[C.HASH] for r in store.inflight_hashes().collect()}
+    assert inflight == {h for h, _, _ in rows}
+    assert store.table("requests").count() == 5
+    # Collected batches no longer hold their members in flight.
+    store.append_batches([r.to(Phase.COLLECTED) for r in records])
+    assert store.inflight_hashes().count() == 0
+    progress = store.progress(provider="fake")
+    assert progress.batches["collected"] == 3
+    assert (progress.requests_done, progress.requests_total) == (5, 5)
+
+
+def test_members_without_a_batch_row_are_not_in_flight(
+    spark: SparkSession, store: Store, tmp_path: Path
+) -> None:
+    staged = stage_rows(spark, prompts(2), tmp_path, per_chunk=2)
+    # A crash between the members commit and the batches commit leaves orphans: ignored.
+    store.copy_members("nothing", "nothing-either")
+    staged.members.selectExpr(f"`{C.HASH}` AS hash", "batch_key", "attempt").write.format(
+        "delta"
+    ).mode("append").save(f"{store.location}/members")
+    assert store.inflight_hashes().count() == 0
+    assert store.progress().requests_total == 0
