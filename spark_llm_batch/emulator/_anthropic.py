@@ -245,7 +245,11 @@ class _Surface:
         batch_id = record["id"]
         if record["settled"] is False:
             counts, bills = await self.state.run_blocking(
-                build_results, self._input_path(batch_id), self._results_path(batch_id), record
+                build_results,
+                self._input_path(batch_id),
+                self._results_path(batch_id),
+                record,
+                self.state.request_faults,
             )
             record["counts"], record["settled"] = counts, "results"
             self.state.put(KIND, record)

@@ -19,7 +19,7 @@ from spark_llm_batch.emulator._answers import (
     anthropic_refusal_response,
 )
 from spark_llm_batch.emulator._app import ApiError
-from spark_llm_batch.emulator._faults import Fault, request_fault
+from spark_llm_batch.emulator._faults import Fault, RequestFaults
 
 __all__ = [
     "COUNT_KEYS",
@@ -120,7 +120,7 @@ def check_create_body(raw: bytes, max_requests: int) -> int:
 
 
 def build_results(
-    input_path: Path, results_path: Path, record: dict[str, Any]
+    input_path: Path, results_path: Path, record: dict[str, Any], faults: RequestFaults
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Write the results JSONL for an ended batch; return its counts and the billable entries."""
     requests = json.loads(input_path.read_bytes())["requests"]
@@ -132,7 +132,10 @@ def build_results(
     with tmp.open("w", encoding="utf-8", newline="\n") as fh:
         for i, item in enumerate(requests):
             done_at = created + span * ((i + 1) / total)
-            result: dict[str, Any] = outcome(item["params"]) if done_at <= end else {"type": cause}
+            fault = faults.pick(item["params"], key=f"{record['_seq']}/{item['custom_id']}")
+            result: dict[str, Any] = (
+                outcome(item["params"], fault) if done_at <= end else {"type": cause}
+            )
             counts[result["type"]] += 1
             if result["type"] == "succeeded":
                 bills.append(_bill(item["custom_id"], result["message"], done_at))
@@ -142,12 +145,11 @@ def build_results(
     return counts, bills
 
 
-def outcome(params: Any) -> dict[str, Any]:
+def outcome(params: Any, fault: Fault | None) -> dict[str, Any]:
     """Return one request's ``result`` object (succeeded or errored) in a batch."""
     problem = params_problem(params, batch=True)
     if problem:
         return _errored("invalid_request_error", problem)
-    fault = request_fault(params)
     if fault in FAULT_ERRORS:
         kind, _, message = FAULT_ERRORS[fault]
         return _errored(kind, message)

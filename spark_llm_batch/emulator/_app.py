@@ -19,7 +19,6 @@ Auth (any non-empty ``Authorization: Bearer`` or ``x-api-key``) and the seeded c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import uuid
@@ -143,8 +142,9 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def _gate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/_emulator/"):
         return await handler(request)
-    _check_auth(request)
-    hit = request.app[STATE_KEY].faults.control_plane()
+    state = request.app[STATE_KEY]
+    _check_auth(request, state.config.api_keys)
+    hit = state.faults.control_plane()
     if hit is not None and hit.status == 429:
         retry = f"{hit.retry_after:g}" if hit.retry_after is not None else "1"
         raise ApiError(
@@ -158,11 +158,16 @@ async def _gate_middleware(request: web.Request, handler: Handler) -> web.Stream
     return await handler(request)
 
 
-def _check_auth(request: web.Request) -> None:
+def _check_auth(request: web.Request, accepted: frozenset[str] | None) -> None:
     auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer ") and auth[7:].strip():
-        return
-    if request.headers.get("x-api-key", "").strip():
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    key = key or request.headers.get("x-api-key", "").strip()
+    if key and accepted is not None and key not in accepted:
+        # The real services' wording; the key itself is never echoed back.
+        if is_anthropic_path(request.path):
+            raise ApiError(401, "invalid x-api-key", type="authentication_error")
+        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+    if key:
         return
     if is_anthropic_path(request.path):
         raise ApiError(401, "x-api-key header is required", type="authentication_error")
@@ -250,12 +255,8 @@ def create_app(state: EmulatorState) -> web.Application:
     app.router.add_get("/_emulator/clock", _get_clock)
     app.router.add_post("/_emulator/clock/advance", _advance_clock)
 
-    from spark_llm_batch.emulator import _openai
+    from spark_llm_batch.emulator import _anthropic, _openai
 
     _openai.register(app, state)
-    # The Anthropic surface lives in its own module, written in parallel; register it when present.
-    if importlib.util.find_spec("spark_llm_batch.emulator._anthropic") is not None:
-        from spark_llm_batch.emulator import _anthropic  # type: ignore[attr-defined,unused-ignore]
-
-        _anthropic.register(app, state)
+    _anthropic.register(app, state)
     return app

@@ -17,6 +17,12 @@ API for surface modules::
     fault = request_fault(body)   # Fault | None; scans every string in the body
     if fault is Fault.RATE_LIMITED: ...
     hit = state.faults.control_plane()  # ControlPlaneHit | None, seeded draw for 429/500
+    fault = state.request_faults.pick(body, key=f"{batch_seq}/{custom_id}")  # marker or seeded draw
+
+Besides markers, ``EmulatorConfig.request_fault_rates`` makes a fraction of batch requests fail
+emulator-wide. The draw is a pure function of the seed, the batch's creation sequence number and the
+custom_id: the same calls see the same failures, and a request retried in a new batch draws again
+(as a real transient failure would clear).
 
 The control-plane draw is made by the app middleware for every provider route; surfaces need not
 call it.
@@ -25,6 +31,7 @@ call it.
 from __future__ import annotations
 
 import enum
+import hashlib
 import random
 import re
 import threading
@@ -36,6 +43,7 @@ __all__ = [
     "ControlPlaneFaults",
     "ControlPlaneHit",
     "Fault",
+    "RequestFaults",
     "marker",
     "request_fault",
 ]
@@ -81,6 +89,38 @@ def request_fault(body: Any) -> Fault | None:
             except ValueError:
                 continue
     return None
+
+
+@dataclass(frozen=True)
+class RequestFaults:
+    """Per-request faults in batches: a marker in the request, else a seeded draw at fixed rates.
+
+    Attributes:
+        rates: ``(fault, fraction)`` pairs; fractions add up to at most 1.
+        seed: the emulator's seed.
+    """
+
+    rates: tuple[tuple[Fault, float], ...] = ()
+    seed: int = 0
+
+    def pick(self, body: Any, *, key: str) -> Fault | None:
+        """The fault for the request ``body`` known as ``key`` (batch id and custom_id), if any.
+
+        Example:
+            >>> RequestFaults(((Fault.SERVER_ERROR, 1.0),)).pick({"x": "hi"}, key="b/1")
+            <Fault.SERVER_ERROR: 'server_error'>
+        """
+        marked = request_fault(body)
+        if marked is not None or not self.rates:
+            return marked
+        digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
+        draw = int.from_bytes(digest[:8], "big") / 2**64
+        bound = 0.0
+        for fault, rate in self.rates:
+            bound += rate
+            if draw < bound:
+                return fault
+        return None
 
 
 def _strings(value: Any) -> list[str]:

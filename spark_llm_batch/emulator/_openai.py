@@ -154,7 +154,8 @@ class Batches:
             src = self.files.path(input_file)
             plan = await self.state.run_blocking(
                 lambda: ob.prepare(src, endpoint=rec["endpoint"], max_requests=max_requests,
-                                   max_bytes=max_bytes, ok_path=ok_path, err_path=err_path)
+                                   max_bytes=max_bytes, ok_path=ok_path, err_path=err_path,
+                                   faults=self.state.request_faults, batch_seq=rec["_seq"])
             )  # fmt: skip
         if not plan.errors:
             self._check_token_limit(rec, plan)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spark_llm_batch.emulator._faults import Fault, request_fault
+from spark_llm_batch.emulator._faults import Fault, RequestFaults
 
 __all__ = ["HTTP_FAULTS", "Plan", "View", "answer_body", "finish_lines", "prepare", "timeline"]
 
@@ -63,7 +63,15 @@ class Plan:
 
 
 def prepare(
-    src: Path, *, endpoint: str, max_requests: int, max_bytes: int, ok_path: Path, err_path: Path
+    src: Path,
+    *,
+    endpoint: str,
+    max_requests: int,
+    max_bytes: int,
+    ok_path: Path,
+    err_path: Path,
+    faults: RequestFaults,
+    batch_seq: int,
 ) -> Plan:
     """Validate ``src`` line by line and answer every request; runs in a worker thread."""
     from spark_llm_batch.emulator import _answers  # written in parallel: imported when needed
@@ -84,7 +92,8 @@ def prepare(
                 if len(plan.errors) >= _MAX_REPORTED_ERRORS:
                     break
                 continue
-            line, ok, in_tok, out_tok = _answer(req, endpoint, _answers)
+            fault = faults.pick(req["body"], key=f"{batch_seq}/{req['custom_id']}")
+            line, ok, in_tok, out_tok = _answer(req, endpoint, _answers, fault)
             out = ok_fh if ok else err_fh
             out.write(line)
             plan.custom_ids.append(req["custom_id"])
@@ -158,9 +167,10 @@ def _line_problem(
     return None
 
 
-def _answer(req: dict[str, Any], endpoint: str, answers: Any) -> tuple[bytes, bool, int, int]:
+def _answer(
+    req: dict[str, Any], endpoint: str, answers: Any, fault: Fault | None
+) -> tuple[bytes, bool, int, int]:
     body, custom_id = req["body"], req["custom_id"]
-    fault = request_fault(body)
     request_id = "req_" + uuid.uuid4().hex
     if fault is Fault.TIMEOUT:
         error = {"code": "request_timeout", "message": "The request timed out (injected)."}

@@ -33,10 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from spark_llm_batch.emulator._clock import SimClock
-from spark_llm_batch.emulator._faults import ControlPlaneFaults
+from spark_llm_batch.emulator._faults import ControlPlaneFaults, Fault, RequestFaults
 from spark_llm_batch.emulator._ledger import Ledger
 
 __all__ = ["EmulatorConfig", "EmulatorState"]
@@ -98,7 +98,24 @@ class EmulatorConfig(BaseModel):
     server_error_rate: float = Field(
         default=0.0, ge=0, le=1, description="Fraction of API calls answered 500 (seeded draw)."
     )
+    api_keys: frozenset[str] | None = Field(
+        default=None,
+        description="Keys the emulator accepts (401 for any other); None accepts any non-empty key.",
+    )
+    request_fault_rates: dict[Fault, float] = Field(
+        default_factory=dict,
+        description="Fraction of batch requests failing with each fault (seeded draw per batch "
+        "and custom_id, so a retry in a new batch draws again); markers still win.",
+    )
     seed: int = Field(default=0, description="Seed for every random choice, so runs repeat.")
+
+    @field_validator("request_fault_rates")
+    @classmethod
+    def _rates_are_fractions(cls, rates: dict[Fault, float]) -> dict[Fault, float]:
+        if any(rate < 0 for rate in rates.values()) or sum(rates.values()) > 1:
+            raise ValueError("request_fault_rates must be fractions adding up to at most 1")
+        return rates
+
     stuck_in_finalizing: bool = Field(
         default=False, description="OpenAI batches never leave `finalizing` while this is set."
     )
@@ -141,6 +158,7 @@ class EmulatorState:
         self.clock = SimClock(speed=config.clock_speed, start=self._load_clock())
         self.ledger = Ledger(self.root / "ledger.jsonl" if config.state_dir else None)
         self.faults = _faults_for(config)
+        self.request_faults = _request_faults_for(config)
         self.config = config
         self._seq = 0
         self._load_records()
@@ -155,6 +173,7 @@ class EmulatorState:
         self.faults.rate_429 = config.rate_limit_rate
         self.faults.rate_500 = config.server_error_rate
         self.faults.retry_after = config.retry_after_seconds
+        self.request_faults = _request_faults_for(config)
         self.clock.set_speed(config.clock_speed)
         self.config = config
 
@@ -244,6 +263,11 @@ def _faults_for(config: EmulatorConfig) -> ControlPlaneFaults:
         rate_500=config.server_error_rate,
         retry_after=config.retry_after_seconds,
     )
+
+
+def _request_faults_for(config: EmulatorConfig) -> RequestFaults:
+    rates = tuple(sorted(config.request_fault_rates.items(), key=lambda item: item[0].value))
+    return RequestFaults(rates=rates, seed=config.seed)
 
 
 def _atomic_write(path: Path, text: str) -> None:
