@@ -60,8 +60,23 @@ def local_session(
 
 
 def get_session() -> SparkSession:
-    """The active Spark session if there is one (Databricks, spark-submit), else a local Delta one."""
+    """The session in use, classic or Spark Connect (Databricks, spark-submit), else a new one.
+
+    With no session yet, a Spark Connect client (``SPARK_REMOTE=sc://...``) connects to its server
+    as is, and anywhere else :func:`local_session` builds a local Delta one.
+
+    Example:
+        >>> spark = get_session()  # doctest: +SKIP
+    """
+    from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
-    return active if active is not None else local_session()
+    try:
+        # The thread's active session, else the default one (another thread's, e.g. Connect's).
+        return SparkSession.active()
+    except PySparkRuntimeError:
+        pass
+    if os.environ.get("SPARK_REMOTE", "").startswith("sc://"):
+        # local_session's settings are for a local JVM: never push them onto a remote server.
+        return SparkSession.builder.getOrCreate()
+    return local_session()

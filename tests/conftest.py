@@ -8,6 +8,9 @@ Fixtures:
     openai_client / anthropic_client: SDK clients on the session emulator, no retries.
     make_openai_jsonl: ``make_openai_jsonl(prompts, *, model=..., url=...) -> bytes`` batch input.
     spark: the session Spark fixture (defined in ``tests/spark_fixtures.py``).
+    connect_spark / connect_url: a Spark Connect session and its server's URL (defined in
+        ``tests/connect_fixtures.py``); never in the same process as ``spark``: Connect tests run
+        in their own process (``tests/test_connect.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.connect_fixtures import connect_spark, connect_url  # noqa: F401  (re-exported)
 from tests.spark_fixtures import spark  # noqa: F401  (re-exported: pytest finds fixtures here)
 
 if TYPE_CHECKING:
