@@ -195,7 +195,7 @@ class OpenAIProvider(Provider):
             lambda: self._call(what, attempt),
             settings=self.retry,
             what=what,
-            before_retry=lambda: self.find(chunk, started - _CLOCK_SLACK),
+            before_retry=lambda: self.find(chunk, started),
         )
         log.info(
             "created batch %s for chunk %s (attempt %d)", batch.batch_id, chunk.key, chunk.attempt
@@ -203,13 +203,19 @@ class OpenAIProvider(Provider):
         return batch
 
     def find(self, chunk: ChunkRef, not_before: float) -> ProviderBatch | None:
-        """The newest batch tagged with ``chunk.key`` created at or after ``not_before``."""
+        """The newest batch tagged with ``chunk.key`` created at or after ``not_before``.
+
+        ``not_before`` is our clock; OpenAI's ``created_at`` is its own clock, truncated to whole
+        seconds, so the search reaches back :data:`_CLOCK_SLACK` further: a batch created in the
+        same second as (or, with skew, "before") ``not_before`` is still found.
+        """
         client = self._sdk()
+        cutoff = not_before - _CLOCK_SLACK
 
         def attempt() -> ProviderBatch | None:
-            # Auto-pagination walks newest first; stop at the first batch older than not_before.
+            # Auto-pagination walks newest first; stop at the first batch older than the cutoff.
             for batch in client.batches.list(limit=100):
-                if batch.created_at is not None and batch.created_at < not_before:
+                if batch.created_at is not None and batch.created_at < cutoff:
                     return None
                 if (batch.metadata or {}).get(KEY_FIELD) == chunk.key:
                     return normalise_batch(batch)

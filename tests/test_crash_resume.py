@@ -1,0 +1,404 @@
+"""Crash and resume: a job SIGKILLed anywhere is finished by the next run, paying nothing twice.
+
+Each test runs ``tests/crash_job.py`` in a subprocess (its own JVM) against an emulator living in
+this process, kills it (a failpoint of :mod:`spark_llm_batch._failpoints`, or SIGKILL from outside),
+checks that it really died where intended, runs it again without the failpoint, and then pins:
+
+- the re-run exits 0 and its output has exactly one row per input row, every row ``succeeded``
+  with the emulator's answer to its own prompt, on its first attempt;
+- the emulator's ledger bills every distinct request exactly once (no ``custom_id`` twice), and
+  only our requests;
+- no batch was created twice: each of our batch keys tagged at most one provider batch, every
+  provider batch created was billed, and there are no more batches than the packing bound allows.
+
+The emulator runs on a real-time clock (``clock_speed=1``): the provider's clock agrees with ours,
+as with the real service, so a reconciliation window that is too narrow is not masked by a
+simulated clock running ahead. Batches take a few seconds, and 20 s for ``while_polling`` and the
+random kill, so those land while batches are still in progress (checked, not assumed).
+
+Two crash points run by default (``after_create``, ``during_collect``); the others and the random
+kill are ``slow`` (each test starts two JVMs). Set ``CRASH_RESUME_SEED`` to replay a random kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from spark_llm_batch._failpoints import ENV_VAR as FAILPOINT_ENV
+from spark_llm_batch.emulator import _answers
+from tests import crash_job
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from spark_llm_batch.emulator import Emulator
+
+REPO = Path(__file__).resolve().parents[1]
+JOB_SCRIPT = Path(crash_job.__file__).resolve()
+API_KEY = "sk-test-emulator"
+
+N_ROWS = 40
+DISTINCT_PROMPTS = 36  # rows i and i + 36 share a prompt: one request, billed once, two rows
+MAX_REQUESTS = 10  # 36 requests -> 4 batches
+MAX_IN_FLIGHT = 4  # failpoint runs: every batch in flight at once (one collection wave, quicker)
+KILL_MAX_IN_FLIGHT = 2  # the random kill: batches also wait behind the cap
+MAX_BATCHES = math.ceil(DISTINCT_PROMPTS / MAX_REQUESTS) + 1  # the packing bound of the issue
+RUN_TIMEOUT = 420.0
+IN_PROGRESS = {"validating", "in_progress", "finalizing"}
+
+# Real-time clock: a batch is in progress for PROCESSING seconds (see the module docstring), or
+# LONG_PROCESSING where the crash must land while batches are in progress, even when the commit of
+# ``submitted`` takes seconds on a loaded machine. The re-run's JVM start hides most of the wait.
+PROCESSING = 3.0
+LONG_PROCESSING = 20.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """The paths of one job, shared by its crashed run and its re-run."""
+
+    root: Path
+    emu: Emulator
+
+    @property
+    def input(self) -> Path:
+        return self.root / "input"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    def argv(self, max_in_flight: int) -> list[str]:
+        return [
+            sys.executable,
+            str(JOB_SCRIPT),
+            "--input",
+            str(self.input),
+            "--store",
+            str(self.store),
+            "--output",
+            str(self.output),
+            "--result",
+            str(self.result),
+            "--base-url",
+            self.emu.openai_base_url,
+            "--max-requests",
+            str(MAX_REQUESTS),
+            "--max-in-flight",
+            str(max_in_flight),
+        ]
+
+
+def _prompt(i: int) -> str:
+    return f"Crash-test question {i % DISTINCT_PROMPTS}: name one property of the number {i % DISTINCT_PROMPTS}."
+
+
+def _make_job(root: Path, emu: Emulator) -> Job:
+    """Write the input table (three parquet files, so the job reads several partitions)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    job = Job(root, emu)
+    job.input.mkdir(parents=True)
+    ids = list(range(N_ROWS))
+    for part, start in enumerate(range(0, N_ROWS, 14)):
+        chunk = ids[start : start + 14]
+        table = pa.table(
+            {"id": pa.array(chunk, pa.int64()), "prompt": pa.array([_prompt(i) for i in chunk])}
+        )
+        pq.write_table(table, job.input / f"part-{part}.parquet")
+    return job
+
+
+def _env(failpoint: str | None) -> dict[str, str]:
+    """The subprocess environment: no provider variables but ours, the test's interpreter."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("OPENAI_", "ANTHROPIC_")) and name != FAILPOINT_ENV
+    }
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env[crash_job.KEY_ENV] = API_KEY
+    if failpoint is not None:
+        env[FAILPOINT_ENV] = failpoint
+    return env
+
+
+def _start(
+    job: Job, log: Path, *, failpoint: str | None, max_in_flight: int
+) -> subprocess.Popen[bytes]:
+    """Start the job in its own process group (so its JVM and Python workers can be killed too)."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            job.argv(max_in_flight),
+            cwd=REPO,
+            env=_env(failpoint),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of the job's process group (the JVM outlives a killed Python driver)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for the job's driver, then clear its process group; the driver's return code."""
+    try:
+        rc = proc.wait(timeout=RUN_TIMEOUT)
+    finally:
+        _kill_group(proc)
+    return rc
+
+
+def _run(
+    job: Job, log: Path, *, failpoint: str | None = None, max_in_flight: int = MAX_IN_FLIGHT
+) -> int:
+    """Run the job to its end (or its failpoint); its return code."""
+    return _finish(_start(job, log, failpoint=failpoint, max_in_flight=max_in_flight))
+
+
+def _tail(log: Path, lines: int = 60) -> str:
+    text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else "(no log)"
+    return f"--- last {lines} lines of {log} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _provider_batches(emu: Emulator) -> list[Any]:
+    """Every batch the emulator holds, through the official SDK (as a user would list them)."""
+    import openai
+
+    client = openai.OpenAI(base_url=emu.openai_base_url, api_key=API_KEY, max_retries=0)
+    return list(client.batches.list(limit=100))
+
+
+def _uploaded_files(emu: Emulator) -> list[Any]:
+    import openai
+
+    client = openai.OpenAI(base_url=emu.openai_base_url, api_key=API_KEY, max_retries=0)
+    return [f for f in client.files.list() if f.purpose == "batch"]
+
+
+def _assert_killed(rc: int, log: Path, where: str) -> None:
+    assert rc == -signal.SIGKILL, (
+        f"the job should have died by SIGKILL {where}, rc={rc}\n{_tail(log)}"
+    )
+
+
+def _assert_resumed_completely(job: Job, log: Path, rc: int) -> None:
+    """The re-run's output and the emulator's ledger and batch list (the module docstring's list)."""
+    assert rc == 0, f"the re-run failed, rc={rc}\n{_tail(log)}"
+    import json
+
+    rows = json.loads(job.result.read_text(encoding="utf-8"))
+    context = _tail(log, 30)
+
+    # One row per input row, each with the answer to its own prompt, first attempt.
+    assert sorted(r["id"] for r in rows) == list(range(N_ROWS)), context
+    hashes: dict[str, str] = {}
+    for row in rows:
+        result = row["llm"]
+        assert row["prompt"] == _prompt(row["id"]), row
+        assert result["status"] == "succeeded", (row, context)
+        expected = _answers.expected_text(
+            row["prompt"], model=crash_job.MODEL, system=crash_job.SYSTEM
+        )
+        assert result["text"] == expected, row
+        assert result["attempts"] == 1, row
+        assert result["batch_id"], row
+        assert hashes.setdefault(row["prompt"], result["request_hash"]) == result["request_hash"]
+    assert len(set(hashes.values())) == DISTINCT_PROMPTS
+
+    # Every distinct request billed exactly once, and nothing else billed.
+    billed = Counter(e["custom_id"] for e in job.emu.ledger() if e["batch_id"])
+    twice = {cid: n for cid, n in billed.items() if n > 1}
+    assert not twice, f"billed more than once: {twice}\n{context}"
+    assert set(billed) == set(hashes.values()), context
+
+    # No batch created twice, none created in vain, no more than the packing bound.
+    batches = _provider_batches(job.emu)
+    keys = Counter((b.metadata or {}).get("llm_batch_key") for b in batches)
+    assert all(n == 1 for n in keys.values()), f"a batch key was created twice: {keys}\n{context}"
+    billed_batches = {e["batch_id"] for e in job.emu.ledger() if e["batch_id"]}
+    assert {b.id for b in batches} == billed_batches, context
+    assert {b.status for b in batches} == {"completed"}, context
+    assert len(batches) <= MAX_BATCHES, f"{len(batches)} batches for {DISTINCT_PROMPTS} requests"
+
+
+@pytest.fixture
+def make_job(fresh_emulator: Callable[..., Emulator], tmp_path: Path) -> Callable[[float], Job]:
+    """``make_job(processing)``: an input table and a fresh emulator on a real-time clock."""
+
+    def make(processing: float) -> Job:
+        emu = fresh_emulator(processing_seconds=processing, clock_speed=1.0)
+        return _make_job(tmp_path, emu)
+
+    return make
+
+
+def _check_where_it_died(failpoint: str, emu: Emulator, log: Path) -> None:
+    """Prove the crash hit where the failpoint says (the provider side at the moment of death)."""
+    batches = _provider_batches(emu)
+    context = f"{failpoint}: batches {[(b.id, b.status) for b in batches]}\n{_tail(log)}"
+    if failpoint == "after_stage":
+        assert not batches, context
+        assert not _uploaded_files(emu), context
+    elif failpoint == "after_upload":
+        assert not batches, context
+        assert _uploaded_files(emu), context
+    elif failpoint == "after_create":
+        assert len(batches) == 1, context
+    elif failpoint == "while_polling":
+        assert any(b.status in IN_PROGRESS for b in batches), context
+    elif failpoint == "during_collect":
+        assert emu.ledger(), context  # some batch ended (and was billed) before the collection
+    else:  # pragma: no cover - a new failpoint needs its own check here
+        raise AssertionError(f"no check for failpoint {failpoint!r}")
+
+
+CRASH_POINTS = [
+    pytest.param("after_stage", marks=pytest.mark.slow),
+    pytest.param("after_upload", marks=pytest.mark.slow),
+    "after_create",
+    pytest.param("while_polling", marks=pytest.mark.slow),
+    "during_collect",
+]
+
+
+@pytest.mark.parametrize("failpoint", CRASH_POINTS)
+def test_killed_at_a_failpoint_then_resumed_pays_once(
+    make_job: Callable[[float], Job], failpoint: str
+) -> None:
+    """A job SIGKILLed at ``failpoint`` is completed by a plain re-run, every request billed once.
+
+    Pins write-ahead recovery per crash point: staged batches are submitted by the re-run, orphan
+    uploads are never billed, a batch created but not recorded is found by its key (not created
+    again), batches polled but not recorded are re-attached, and a half-finished collection is
+    collected again idempotently.
+    """
+    job = make_job(LONG_PROCESSING if failpoint == "while_polling" else PROCESSING)
+    crashed_log = job.root / f"crashed-{failpoint}.log"
+    rc = _run(job, crashed_log, failpoint=failpoint)
+    _assert_killed(rc, crashed_log, f"at failpoint {failpoint}")
+    assert not job.result.exists()
+    _check_where_it_died(failpoint, job.emu, crashed_log)
+
+    rerun_log = job.root / "rerun.log"
+    _assert_resumed_completely(job, rerun_log, _run(job, rerun_log))
+
+
+@pytest.mark.slow
+def test_killed_from_outside_while_polling_then_resumed_pays_once(
+    make_job: Callable[[float], Job],
+) -> None:
+    """SIGKILL of the whole job (driver, JVM, workers) at a random moment after the first submit.
+
+    Pins recovery from a crash at a place no failpoint names (mid-commit, mid-poll, mid-create,
+    mid-collect): the re-run still completes with every request billed once. The seed is in the
+    failure message so a failing moment can be replayed.
+    """
+    seed = int(os.environ.get("CRASH_RESUME_SEED", time.time_ns() % 1_000_000))
+    delay = random.Random(seed).uniform(0.0, 1.25 * LONG_PROCESSING)
+    job = make_job(LONG_PROCESSING)
+    crashed_log = job.root / "killed.log"
+    proc = _start(job, crashed_log, failpoint=None, max_in_flight=KILL_MAX_IN_FLIGHT)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while crash_job.SUBMITTED_MARK not in crashed_log.read_text(errors="replace"):
+            assert proc.poll() is None, f"the job ended before submitting\n{_tail(crashed_log)}"
+            assert time.monotonic() < deadline, f"no batch submitted in time\n{_tail(crashed_log)}"
+            time.sleep(0.05)
+        time.sleep(delay)
+        assert proc.poll() is None, (
+            f"seed {seed}: the job finished before the kill at +{delay:.2f} s; "
+            f"the emulator's batches are too quick\n{_tail(crashed_log)}"
+        )
+        _kill_group(proc)
+        rc = proc.wait(timeout=60)
+    finally:
+        _kill_group(proc)
+    _assert_killed(rc, crashed_log, f"(seed {seed}, {delay:.2f} s after the first submit)")
+    assert _provider_batches(job.emu), "killed after a submit, yet no batch exists"
+
+    rerun_log = job.root / "rerun.log"
+    try:
+        _assert_resumed_completely(
+            job, rerun_log, _run(job, rerun_log, max_in_flight=KILL_MAX_IN_FLIGHT)
+        )
+    except AssertionError as exc:
+        raise AssertionError(
+            f"seed {seed}, killed {delay:.2f} s after the first submit: {exc}"
+        ) from None
+
+
+@pytest.mark.parametrize("our_clock_ahead", [0.0, 5.0])
+def test_a_batch_created_right_after_the_creating_commit_is_found_on_resume(
+    fresh_emulator: Callable[..., Emulator], tmp_path: Path, our_clock_ahead: float
+) -> None:
+    """The ``after_create`` reconciliation finds a batch created in the same second as the commit.
+
+    On resume the orchestrator calls ``provider.find(chunk, not_before)`` with the time (our clock)
+    of the ``creating`` record, written just before ``create``. OpenAI reports ``created_at`` in
+    whole seconds on its own clock, so the batch's ``created_at`` is usually earlier than that
+    time (same second, truncated) or our clock runs ahead of the provider's: ``find`` must still
+    find it, or the resumed run creates (and pays for) the batch a second time. Quick: no Spark.
+    """
+    from pydantic import SecretStr
+
+    from spark_llm_batch.config import BatchConfig, ProviderSettings
+    from spark_llm_batch.providers import get_provider
+    from spark_llm_batch.providers.base import ChunkRef
+
+    emu = fresh_emulator(processing_seconds=PROCESSING, clock_speed=1.0)
+    config = BatchConfig(
+        model=crash_job.MODEL,
+        store=str(tmp_path / "unused"),
+        provider_settings=ProviderSettings(
+            api_key=SecretStr(API_KEY), base_url=emu.openai_base_url, max_retries=0
+        ),
+    )
+    provider = get_provider(config)
+    path = tmp_path / "chunk.jsonl"
+    body = provider.request_body(config, "Where does the reconciliation window start?")
+    path.write_text(provider.request_line("c" * 32, body, config) + "\n", encoding="utf-8")
+    chunk = ChunkRef("k" * 32, str(path), 1, path.stat().st_size, config.model_name)
+    input_ref = provider.upload(chunk)
+
+    while time.time() % 1.0 > 0.5:  # commit and create in the first half of one second
+        time.sleep(0.01)
+    creating_recorded_at = time.time() + our_clock_ahead
+    created = provider.create(chunk, input_ref, config)
+    # ... and the driver dies here (the after_create failpoint); the next run reconciles:
+    found = provider.find(chunk, creating_recorded_at)
+
+    assert found is not None, (
+        f"batch {created.batch_id} (created_at {created.created_at}) not found from "
+        f"not_before {creating_recorded_at:.3f}: the resumed run would create it again"
+    )
+    assert found.batch_id == created.batch_id
+    assert found.key == chunk.key
