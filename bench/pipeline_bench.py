@@ -1,0 +1,348 @@
+"""Pipeline benchmark: ``llm_batch`` end to end over 1M prompts vs a plain Delta copy of the input.
+
+Run it with ``python -m bench pipeline [--rows N] [--repeats R] [--memory-rows N,...]``; the numbers
+land in the "Pipeline" section of BENCHMARKS.md.
+
+What it does:
+
+- starts the emulator as a separate process (``python -m spark_llm_batch.emulator``,
+  ``processing_seconds=0``: a batch completes as soon as it is created), with OpenAI's real limits
+  (50,000 requests / 200 MB per batch);
+- for each size, starts a fresh worker process (``python -m bench.pipeline_bench worker``) with its
+  own Spark session (``local[2]``, ``spark.driver.memory=6g``, UI off). The worker writes an input
+  Delta table of ``N`` distinct prompts of ~300 characters (not timed), then alternates, ``R`` times:
+  the plain job (read the input table, write it as a new Delta table) and ``llm_batch`` on the same
+  input (a fresh store each time, input → output Delta table, default poll policy). It checks every
+  output row (one per input row, succeeded, and the emulator's answer echoes the row's own prompt)
+  and reports the medians, a phase breakdown from the library's log lines, and at its end the peak
+  RSS (``VmHWM``) of its own Python process (the Spark driver) and of the JVM;
+- checks the emulator's billing ledger: every request billed exactly once per ``llm_batch`` run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run"]
+
+_SPARK_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.driver.memory": "6g",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.default.parallelism": "8",
+}
+_MASTER = "local[2]"
+_INPUT_PARTITIONS = 8
+_MODEL = "gpt-4o-mini"
+_PHASES = (  # (log message prefix, phase that ends there)
+    ("staged ", "encode + stage"),
+    ("orchestration finished", "orchestrate (upload, create, poll, collect)"),
+)
+
+
+# ---- worker (one fresh process per size) --------------------------------------------------------
+
+
+def _vm_hwm_mb(pid: int | str = "self") -> float:
+    """Peak resident set size (``VmHWM``) of process ``pid``, in MB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _java_pid() -> int | None:
+    """The JVM started by this process's Spark session: a descendant process named java."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+        names[int(entry)] = name
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            if names.get(child) == "java":
+                return child
+            todo.append(child)
+    return None
+
+
+class _PhaseClock(logging.Handler):
+    """Remembers when the library logged the messages that end each phase."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.marks: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        for prefix, phase in _PHASES:
+            if message.startswith(prefix):
+                self.marks[phase] = time.perf_counter()
+
+
+def _write_input(spark: Any, path: str, rows: int) -> None:
+    """``rows`` distinct prompts of ~300 characters, each starting with its row id."""
+    from pyspark.sql import functions as F
+
+    idx = F.col("id").cast("string")
+    prompt = F.concat(
+        F.lit("Row "),
+        idx,
+        F.lit(": summarise the following record in one short sentence, keeping its key terms. "),
+        F.sha2(idx, 256),
+        F.lit(" "),
+        F.sha2(F.concat(idx, F.lit("/b")), 256),
+        F.lit(" "),
+        F.sha2(F.concat(idx, F.lit("/c")), 224),
+    )
+    frame = spark.range(0, rows, 1, _INPUT_PARTITIONS).select("id", prompt.alias("prompt"))
+    frame.write.format("delta").mode("overwrite").save(path)
+
+
+def _plain(spark: Any, source: str, target: str) -> float:
+    start = time.perf_counter()
+    spark.read.format("delta").load(source).write.format("delta").mode("overwrite").save(target)
+    return time.perf_counter() - start
+
+
+def _ours(spark: Any, source: str, store: str, output: str, clock: _PhaseClock) -> dict[str, Any]:
+    import spark_llm_batch
+
+    clock.marks.clear()
+    start = time.perf_counter()
+    df = spark.read.format("delta").load(source)
+    spark_llm_batch.llm_batch(df, "prompt", model=_MODEL, store=store, output=output)
+    total = time.perf_counter() - start
+    phases, previous = {}, start
+    for _, phase in _PHASES:
+        at = clock.marks.get(phase, previous)
+        phases[phase] = at - previous
+        previous = at
+    phases["join + write output"] = start + total - previous
+    return {"total": total, "phases": phases}
+
+
+def _check(spark: Any, source: str, output: str) -> None:
+    """One output row per input row, each succeeded with the answer to its own prompt."""
+    from pyspark.sql import functions as F
+
+    out = spark.read.format("delta").load(output)
+    rows, expected = out.count(), spark.read.format("delta").load(source).count()
+    own = F.col("llm.text").contains(
+        F.concat(F.lit("Row "), F.col("id").cast("string"), F.lit(":"))
+    )
+    bad = out.where((F.col("llm.status") != "succeeded") | ~own).count()
+    distinct = out.select("id").distinct().count()
+    if rows != expected or bad or distinct != expected:
+        raise SystemExit(f"wrong output: {rows} rows ({distinct} ids) for {expected}, {bad} bad")
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Time ``args.repeats`` alternations of plain copy and ``llm_batch``; print JSON."""
+    import spark_llm_batch
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    lib_log = logging.getLogger("spark_llm_batch")
+    lib_log.setLevel(logging.INFO)
+    clock = _PhaseClock()
+    lib_log.addHandler(clock)
+    os.environ["OPENAI_API_KEY"] = "sk-bench-emulator"
+    os.environ["OPENAI_BASE_URL"] = args.base_url
+    work = Path(args.work)
+    spark = spark_llm_batch.local_session("spark-llm-batch-bench", master=_MASTER, conf=_SPARK_CONF)
+    spark.sparkContext.setLogLevel("ERROR")
+    source = str(work / "input")
+    _write_input(spark, source, args.rows)
+    plain, ours = [], []
+    for i in range(args.repeats):
+        plain.append(_plain(spark, source, str(work / f"plain_{i}")))
+        run = _ours(spark, source, str(work / f"store_{i}"), str(work / f"output_{i}"), clock)
+        ours.append(run)
+        print(
+            f"[{args.rows} rows, repeat {i + 1}] plain {plain[-1]:.1f} s, "
+            f"llm_batch {run['total']:.1f} s ({run['total'] / plain[-1]:.2f}x) "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in run["phases"].items()),
+            file=sys.stderr,
+            flush=True,
+        )
+        _check(spark, source, str(work / f"output_{i}"))
+        shutil.rmtree(work / f"plain_{i}", ignore_errors=True)
+    java = _java_pid()
+    result = {
+        "rows": args.rows,
+        "plain": plain,
+        "ours": [r["total"] for r in ours],
+        "ratios": [r["total"] / p for r, p in zip(ours, plain, strict=True)],
+        "phases": {k: statistics.median(r["phases"][k] for r in ours) for k in ours[0]["phases"]},
+        "driver_peak_mb": _vm_hwm_mb(),
+        "jvm_peak_mb": _vm_hwm_mb(java) if java else float("nan"),
+        "input_mb": sum(f.stat().st_size for f in Path(source).glob("*.parquet")) / 2**20,
+    }
+    spark.stop()
+    print(json.dumps(result), flush=True)
+
+
+# ---- parent ---------------------------------------------------------------------------------------
+
+
+def _start_emulator() -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, "-m", "spark_llm_batch.emulator", "--host", "127.0.0.1"]
+    command += ["--port", "0", "--processing-seconds", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("OPENAI_BASE_URL="):
+            return proc, line.strip().split("=", 1)[1]
+    raise RuntimeError("the emulator did not print its base URL")
+
+
+def _ledger_counts(base_url: str) -> dict[str, int]:
+    root = base_url.removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/_emulator/ledger", timeout=600) as response:
+        entries = json.load(response)["data"]
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry["custom_id"]] = counts.get(entry["custom_id"], 0) + 1
+    urllib.request.urlopen(
+        urllib.request.Request(f"{root}/_emulator/ledger", method="DELETE"), timeout=60
+    ).close()
+    return counts
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(rows: int, repeats: int, base_url: str, work: Path, emulator: int) -> dict[str, Any]:
+    cpu = _cpu_seconds(emulator)
+    command = [sys.executable, "-m", "bench.pipeline_bench", "worker", "--rows", str(rows)]
+    command += ["--repeats", str(repeats), "--base-url", base_url, "--work", str(work)]
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["emulator_cpu_per_run"] = (_cpu_seconds(emulator) - cpu) / repeats
+    billed = _ledger_counts(base_url)
+    if len(billed) != rows or set(billed.values()) != {repeats}:
+        raise SystemExit(
+            f"ledger: {len(billed)} distinct requests billed, counts {set(billed.values())}; "
+            f"expected {rows} billed {repeats} time(s) each"
+        )
+    return result
+
+
+def _load() -> str:
+    with open("/proc/loadavg", encoding="ascii") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+def run(rows: int = 1_000_000, repeats: int = 2, memory_rows: tuple[int, ...] = (100_000,)) -> str:
+    """Measure every size (a fresh worker each); return the Markdown section body."""
+    emulator, base_url = _start_emulator()
+    results: dict[int, dict[str, Any]] = {}
+    loads = [_load()]
+    try:
+        for size in sorted({*memory_rows, rows}):
+            with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
+                count = repeats if size == rows else 1
+                results[size] = _measure(size, count, base_url, Path(tmp), emulator.pid)
+            loads.append(_load())
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=30)
+    return _report(rows, repeats, results, loads)
+
+
+def _report(rows: int, repeats: int, results: dict[int, dict[str, Any]], loads: list[str]) -> str:
+    main = results[rows]
+    plain, ours = statistics.median(main["plain"]), statistics.median(main["ours"])
+    runs = ", ".join(
+        f"{o:.1f} s / {p:.1f} s = {r:.2f}x"
+        for o, p, r in zip(main["ours"], main["plain"], main["ratios"], strict=True)
+    )
+    lines = [
+        f"{rows:,} distinct prompts of ~300 characters ({main['input_mb']:.0f} MB input as Delta/Parquet, "
+        f"{_INPUT_PARTITIONS} files) through `llm_batch` against the emulator in a separate process "
+        "(`processing_seconds=0`, OpenAI limits 50,000 requests / 200 MB per batch → "
+        f"{-(-rows // 50_000)} batches, default poll policy), input Delta table → output Delta table; "
+        "vs the plain Spark job reading the same input and writing it as a Delta table, alternated "
+        f"in the same session, {repeats} time(s).",
+        "",
+        "| measure | result |",
+        "|---|---|",
+        f"| plain copy (read Delta, write Delta), median | {plain:.1f} s |",
+        f"| `llm_batch` end to end, median | {ours:.1f} s |",
+        f"| ratio ours / plain, median of per-pair ratios | **{statistics.median(main['ratios']):.2f}x** (target ≤ 3x) |",
+        f"| each pair (ours / plain) | {runs} |",
+    ]
+    for size in sorted(results):
+        r = results[size]
+        lines.append(
+            f"| peak RSS at {size:,} rows: Python driver / JVM | "
+            f"{r['driver_peak_mb']:.0f} MB / {r['jvm_peak_mb']:.0f} MB |"
+        )
+    for size in sorted(results):
+        if size != rows:
+            r = results[size]
+            lines.append(
+                f"| {size:,} rows, one run: ours / plain | {r['ours'][0]:.1f} s / {r['plain'][0]:.1f} s |"
+            )
+    lines += ["", f"Where the time goes at {rows:,} rows (median of the runs):", ""]
+    lines += [f"- {phase}: {seconds:.1f} s" for phase, seconds in main["phases"].items()]
+    lines += [
+        f'- the emulator process (the "provider": validating, answering, writing result files) '
+        f"used {main['emulator_cpu_per_run']:.0f} CPU-seconds per run on the same 2 cores."
+    ]
+    lines += [
+        "",
+        f"Settings: `{_MASTER}`, "
+        + ", ".join(f"`{k}={v}`" for k, v in _SPARK_CONF.items())
+        + ". Each size runs in a fresh worker process; peak RSS is `VmHWM` from `/proc` read at "
+        "its end (the Python driver: the worker process itself; the JVM runs the executors too "
+        "in local mode). Every run is checked: one output row per input row, all `succeeded`, each "
+        "answer echoing its own prompt, and the emulator's ledger bills each request once per run.",
+        f"Machine: {os.cpu_count()} cores, shared (load average before/after each size: "
+        f"{' → '.join(loads)}).",
+    ]
+    return "\n".join(lines)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline_bench")
+    parser.add_argument("mode", choices=["worker"])
+    parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--work", required=True)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    worker(_parse(sys.argv[1:]))
