@@ -28,7 +28,6 @@ def main() -> int:
     from spark_llm_batch.emulator import Emulator, EmulatorConfig
 
     spark = spark_llm_batch.local_session(master="local[2]", conf={"spark.ui.enabled": "false"})
-    spark.sparkContext.setLogLevel("ERROR") if hasattr(spark, "sparkContext") else None
     work = tempfile.mkdtemp(prefix="llm-batch-demo-")
     topics = ["Delta Lake", "Apache Spark", "Arrow", "Parquet", "batch APIs", "idempotence"]
     rows = [

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import openai
 import pytest
 
 from spark_llm_batch.config import BatchLimits, PollPolicy
@@ -121,3 +123,63 @@ def test_duplicates_bad_prompts_and_faults_are_rows_not_crashes(
     assert set(billed.values()) == {1}
     # Billed: the shared prompt once, the refusal (a 200 answer) and "fine"; not the 400.
     assert len(billed) == 3
+
+
+def test_transient_failures_are_retried_in_new_batches_until_answered(
+    spark: SparkSession, fresh_emulator: Callable[..., Emulator], tmp_path: Path
+) -> None:
+    from spark_llm_batch.emulator import Fault
+
+    rates = {Fault.RATE_LIMITED: 0.25, Fault.SERVER_ERROR: 0.1}
+    emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0, request_fault_rates=rates)
+    rows = [(i, f"classify {i}") for i in range(80)]
+    df = spark.createDataFrame(rows, "id long, prompt string")
+
+    out = {r["id"]: r for r in df.llm_batch("prompt", **_options(emu, tmp_path / "s")).collect()}
+
+    assert len(out) == 80
+    assert {r["llm"]["status"] for r in out.values()} == {"succeeded"}
+    attempts = Counter(r["llm"]["attempts"] for r in out.values())
+    assert attempts[1] < 80  # some rows needed a second (or later) batch
+    assert max(attempts) >= 2
+    for i, prompt in rows:
+        assert out[i]["llm"]["text"] == _answers.expected_text(prompt, model=MODEL, system=SYSTEM)
+    billed = _billed(emu)
+    assert len(billed) == 80
+    assert set(billed.values()) == {1}
+
+
+def test_expired_batch_keeps_its_answers_and_retries_the_rest(
+    spark: SparkSession, fresh_emulator: Callable[..., Emulator], tmp_path: Path
+) -> None:
+    # Each batch needs 10 simulated seconds but expires after 4: the first batch expires with
+    # part of its requests answered; once it has, the window is relaxed for the retries.
+    emu = fresh_emulator(processing_seconds=10.0, completion_window_seconds=4.0, clock_speed=20.0)
+    rows = [(i, f"expire {i}") for i in range(30)]
+    df = spark.createDataFrame(rows, "id long, prompt string")
+
+    stop = threading.Event()
+
+    def relax_window_once_a_batch_expired() -> None:
+        client = openai.OpenAI(base_url=emu.openai_base_url, api_key="sk-test", max_retries=0)
+        while not stop.wait(0.05):
+            if any(b.status == "expired" for b in client.batches.list()):
+                emu.configure(completion_window_seconds=86400.0)
+                return
+
+    watcher = threading.Thread(target=relax_window_once_a_batch_expired, daemon=True)
+    watcher.start()
+    try:
+        out = df.llm_batch("prompt", **_options(emu, tmp_path / "s"))
+    finally:
+        stop.set()
+        watcher.join()
+    result = {r["id"]: r["llm"] for r in out.collect()}
+
+    assert len(result) == 30
+    assert {r["status"] for r in result.values()} == {"succeeded"}
+    attempts = Counter(r["attempts"] for r in result.values())
+    assert 0 < attempts[1] < 30  # the expired batch's finished requests were kept, not re-sent
+    billed = _billed(emu)
+    assert len(billed) == 30
+    assert set(billed.values()) == {1}
