@@ -133,25 +133,21 @@ def _join_results(encoded: DataFrame, store: Store, cfg: BatchConfig) -> DataFra
     from pyspark.sql import functions as F
 
     results = store.results_df().select(
-        F.col(C.HASH), *[F.col(name).alias(f"__r_{name}") for name in _STORE_RESULT_COLUMNS]
+        F.col(C.HASH), *[F.col(name).alias(f"__r_{name}") for name in _stored_result_fields()]
     )
     joined = encoded.join(results, C.HASH, "left")
     input_cols = [c for c in encoded.columns if not c.startswith(C.RESERVED_PREFIX)]
     return joined.select(*input_cols, _result_struct().alias(cfg.result_col))
 
 
-_STORE_RESULT_COLUMNS = (
-    "status",
-    "text",
-    "finish_reason",
-    "error_class",
-    "error_message",
-    "input_tokens",
-    "output_tokens",
-    "model",
-    "batch_id",
-    "attempt",
-)
+
+
+def _stored_result_fields() -> tuple[str, ...]:
+    """The results table's per-request fields (not its key nor its bookkeeping columns)."""
+    from spark_llm_batch._store_tables import RESULT_COLUMNS
+
+    bookkeeping = {"hash", "final", "updated_at", "format_version"}
+    return tuple(name for name, _ in RESULT_COLUMNS if name not in bookkeeping)
 
 
 def _result_struct() -> Column:

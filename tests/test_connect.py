@@ -2,8 +2,8 @@
 
 A process is either classic or Connect (``tests/connect_fixtures.py`` says why), and this one runs
 the classic ``spark`` fixture, so the Connect cases run in a pytest process of their own: a pure
-Connect client, with the Connect server (Delta, ``local[2]``) in a third process. ``slow``: a JVM
-start and two pipeline runs, 1.5-2 minutes on a busy 2-core machine.
+Connect client, with the Connect server (Delta, ``local[2]``) in a third process. It runs in the
+default suite (a JVM start and two pipeline runs, 1-2 minutes) so that CI pins invariant 6.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 CASES = Path(__file__).resolve().with_name("connect_cases.py")
 
 
-@pytest.mark.slow
 def test_pipeline_runs_end_to_end_on_spark_connect() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "pytest", str(CASES), "-p", "no:cacheprovider", "-q"],
