@@ -140,8 +140,6 @@ def _join_results(encoded: DataFrame, store: Store, cfg: BatchConfig) -> DataFra
     return joined.select(*input_cols, _result_struct().alias(cfg.result_col))
 
 
-
-
 def _stored_result_fields() -> tuple[str, ...]:
     """The results table's per-request fields (not its key nor its bookkeeping columns)."""
     from spark_llm_batch._store_tables import RESULT_COLUMNS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 MODEL = "gpt-4o-mini"
 SYSTEM = "Answer briefly."
+API_KEY = "sk-test-secret-4f7a9c"
 
 
 def _options(emu: Emulator, store: Path, **extra: Any) -> dict[str, Any]:
@@ -32,7 +34,7 @@ def _options(emu: Emulator, store: Path, **extra: Any) -> dict[str, Any]:
         "params": {"temperature": 0},
         "limits": BatchLimits(max_requests=40),
         "poll": PollPolicy(initial_seconds=0.05, max_seconds=0.2, progress_seconds=1.0),
-        "provider_settings": {"api_key": "sk-test-emulator", "base_url": emu.openai_base_url},
+        "provider_settings": {"api_key": API_KEY, "base_url": emu.openai_base_url},
         **extra,
     }
 
@@ -47,12 +49,15 @@ def quick_emulator(fresh_emulator: Callable[..., Emulator]) -> Emulator:
 
 
 def test_every_row_gets_its_own_answer_billed_once(
-    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rows = [(i, f"Summarise item number {i}") for i in range(150)]
     df = spark.createDataFrame(rows, "id long, prompt string").repartition(7)
 
-    out = df.llm_batch("prompt", id_col="id", **_options(quick_emulator, tmp_path / "store"))
+    from pyspark.sql import functions as F
+
+    with caplog.at_level(logging.DEBUG, logger="spark_llm_batch"):
+        out = df.llm_batch("prompt", id_col="id", **_options(quick_emulator, tmp_path / "store"))
 
     got = {r["id"]: r for r in out.select("id", "prompt", "llm.*").collect()}
     assert len(got) == out.count() == 150
@@ -67,6 +72,17 @@ def test_every_row_gets_its_own_answer_billed_once(
     billed = _billed(quick_emulator)
     assert len(billed) == 150
     assert set(billed.values()) == {1}
+    # Invariant 5: the key reaches neither the logs nor any table or staged file of the store.
+    assert "staged" in caplog.text
+    assert API_KEY not in caplog.text
+    for path in (tmp_path / "store").rglob("*"):
+        if path.is_file():  # staged chunk files, Delta logs (Parquet data may be compressed:
+            assert API_KEY.encode() not in path.read_bytes(), path  # so read the tables too)
+    for table in ("batches", "members", "requests", "results"):
+        stored = spark.read.format("delta").load(str(tmp_path / "store" / table))
+        rows = [r[0] for r in stored.select(F.to_json(F.struct("*"))).collect()]
+        assert rows
+        assert not [row for row in rows if API_KEY in row], table
 
 
 def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
