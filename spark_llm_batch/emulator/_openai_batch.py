@@ -10,14 +10,17 @@ each file (truncated in place, never copied) plus one error line per unfinished 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import uuid
 from dataclasses import asdict, dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
-from spark_llm_batch.emulator._faults import Fault, RequestFaults
+from spark_llm_batch.emulator._faults import Fault, RequestFaults, request_fault
 
 __all__ = ["HTTP_FAULTS", "Plan", "View", "answer_body", "finish_lines", "prepare", "timeline"]
 
@@ -83,6 +86,12 @@ def prepare(
         )
         return plan
     seen: set[str] = set()
+    fast = _FastChat(endpoint, faults)
+    ok_buf: list[bytes] = []
+    err_buf: list[bytes] = []
+    ok_end = err_end = 0  # where each file ends once its buffer is written
+    custom_ids, oks, ends = plan.custom_ids, plan.ok, plan.ends
+    input_tokens, output_tokens = plan.input_tokens, plan.output_tokens
     with src.open("rb") as fh, ok_path.open("wb") as ok_fh, err_path.open("wb") as err_fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
@@ -92,18 +101,132 @@ def prepare(
                 if len(plan.errors) >= _MAX_REPORTED_ERRORS:
                     break
                 continue
-            fault = faults.pick(req["body"], key=f"{batch_seq}/{req['custom_id']}")
-            line, ok, in_tok, out_tok = _answer(req, endpoint, _answers, fault)
-            out = ok_fh if ok else err_fh
-            out.write(line)
-            plan.custom_ids.append(req["custom_id"])
-            plan.ok.append(int(ok))
-            plan.ends.append(out.tell())
-            plan.input_tokens.append(in_tok)
-            plan.output_tokens.append(out_tok)
+            custom_id = req["custom_id"]
+            answered = fast.answer(req, raw, custom_id)
+            if answered is None:
+                fault = faults.pick(req["body"], key=f"{batch_seq}/{custom_id}")
+                answered = _answer(req, endpoint, _answers, fault)
+            line, ok, in_tok, out_tok = answered
+            if ok:
+                ok_buf.append(line)
+                ok_end += len(line)
+                ends.append(ok_end)
+                if len(ok_buf) >= _FLUSH_LINES:
+                    ok_fh.write(b"".join(ok_buf))
+                    ok_buf.clear()
+            else:
+                err_buf.append(line)
+                err_end += len(line)
+                ends.append(err_end)
+                if len(err_buf) >= _FLUSH_LINES:
+                    err_fh.write(b"".join(err_buf))
+                    err_buf.clear()
+            custom_ids.append(custom_id)
+            oks.append(1 if ok else 0)
+            input_tokens.append(in_tok)
+            output_tokens.append(out_tok)
+        ok_fh.write(b"".join(ok_buf))
+        err_fh.write(b"".join(err_buf))
     if not plan.errors and not plan.custom_ids:
         plan.errors.append(_err("empty_file", "The input file is empty.", None))
     return plan
+
+
+_FLUSH_LINES = 512  # output lines buffered per file write
+# Body keys that change a chat answer beyond model + messages; a body with any takes the full path.
+_SHAPING_KEYS = frozenset(
+    ("max_completion_tokens", "max_tokens", "tools", "tool_choice", "response_format", "stop", "n")
+)
+# uuid4's fixed bits (version 4, RFC 4122 variant) applied to 128 random bits, as uuid.uuid4 does.
+_UUID_AND = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_UUID_OR = (0x8000 << 48) | (4 << 76)
+_decode = json.JSONDecoder().decode  # json.loads' decoder, defaults
+_encode_str = encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
+
+
+class _FastChat:
+    """Templated answers for the common chat request (plain string turns, no shaping keys).
+
+    Produces exactly the bytes ``_answer`` would (same JSON layout, answer, usage), without
+    building the response dicts or re-serialising them; anything unusual returns ``None`` and
+    takes the general path. The digest's constant prefix (model + leading system turn) is hashed
+    once per batch and copied for each request.
+    """
+
+    def __init__(self, endpoint: str, faults: RequestFaults) -> None:
+        from spark_llm_batch.emulator import _answers, _prompt
+
+        self.enabled = endpoint == "/v1/chat/completions" and not faults.rates
+        self._echo_chars = _prompt._ECHO_CHARS
+        self._created = _answers._CREATED
+        self._prefix_key: tuple[str, str | None] | None = None
+        self._prefix_hash: Any = None
+        self._model_json = ""
+
+    def answer(
+        self, req: dict[str, Any], raw: bytes, custom_id: str
+    ) -> tuple[bytes, bool, int, int] | None:
+        """Return ``(line, ok, input_tokens, output_tokens)``, or ``None`` for the full path."""
+        if not self.enabled or b"[[emulator:" in raw:
+            return None  # a fault marker: the full path picks it
+        body = req["body"]
+        if b"\\u" in raw and request_fault(body) is not None:
+            return None  # a marker spelt with \u escapes
+        if not _SHAPING_KEYS.isdisjoint(body):
+            return None
+        messages = body.get("messages")
+        if type(messages) is not list or not messages or len(messages) > 2:
+            return None
+        system: str | None = None
+        if len(messages) == 2:
+            first = messages[0]
+            if type(first) is not dict or first.get("role") != "system":
+                return None
+            system = first.get("content")
+            if type(system) is not str:
+                return None
+        last = messages[-1]
+        if type(last) is not dict or last.get("role") != "user":
+            return None
+        text = last.get("content")
+        if type(text) is not str:
+            return None
+        model = body["model"]  # a non-empty str: _check_line made sure
+        try:
+            hasher = self._prefix(model, system).copy()
+            hasher.update(b"\nuser:" + text.encode())
+        except UnicodeEncodeError:
+            return None  # lone surrogates: let the full path report it
+        key = hasher.hexdigest()[:12]
+        answer = f"Emulated answer {key}: {' '.join(text.split())[: self._echo_chars]}"
+        out_tok = max((len(answer) + 3) // 4, 1)
+        in_tok = 7 + (len(text) + 3) // 4
+        if system is not None:
+            in_tok += 4 + (len(system) + 3) // 4
+        r = int.from_bytes(os.urandom(32), "big")
+        request_id = (r >> 128) & _UUID_AND | _UUID_OR
+        line_id = r & _UUID_AND | _UUID_OR
+        line = (
+            f'{{"id":"batch_req_{line_id:032x}","custom_id":{_encode_str(custom_id)},'
+            f'"response":{{"status_code":200,"request_id":"req_{request_id:032x}",'
+            f'"body":{{"id":"chatcmpl-{key}","object":"chat.completion","created":{self._created},'
+            f'"model":{self._model_json},"choices":[{{"index":0,"message":{{"role":"assistant",'
+            f'"content":{_encode_str(answer)},"refusal":null}},"logprobs":null,'
+            f'"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{in_tok},'
+            f'"completion_tokens":{out_tok},"total_tokens":{in_tok + out_tok},'
+            f'"prompt_tokens_details":{{"cached_tokens":0}},'
+            f'"completion_tokens_details":{{"reasoning_tokens":0}}}},'
+            f'"service_tier":"default","system_fingerprint":"fp_emulator"}}}},"error":null}}\n'
+        )
+        return line.encode(), True, in_tok, out_tok
+
+    def _prefix(self, model: str, system: str | None) -> Any:
+        if self._prefix_key != (model, system):
+            head = model if system is None else f"{model}\nsystem:{system}"
+            self._prefix_hash = hashlib.sha256(head.encode())
+            self._prefix_key = (model, system)
+            self._model_json = _encode_str(model)
+        return self._prefix_hash
 
 
 def _err(code: str, message: str, line: int | None, param: str | None = None) -> dict[str, Any]:
@@ -115,7 +238,11 @@ def _check_line(
 ) -> dict[str, Any] | None:
     # The checks and codes the service applies; each failure names its line.
     try:
-        req = json.loads(raw)
+        # A line opening with "{" and a non-NUL byte is UTF-8 to json.loads: skip its sniffing.
+        if raw[:1] == b"{" and raw[1:2] != b"\x00":
+            req = _decode(raw.decode("utf-8", "surrogatepass"))
+        else:
+            req = json.loads(raw)
     except ValueError:
         plan.errors.append(_err("invalid_json_line", f"Line {lineno} is not valid JSON.", lineno))
         return None
