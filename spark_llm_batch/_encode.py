@@ -246,7 +246,7 @@ def encode_requests(
         >>> encoded.filter(encoded["__llm_line"].isNotNull()).count()  # doctest: +SKIP
         998
     """
-    max_bytes = config.limits.max_bytes or provider.default_max_bytes
+    _, max_bytes = provider.batch_limits(config)
     template = _build_template(provider, config, max_bytes)
     schema = _output_schema(df)
 

@@ -69,7 +69,8 @@ class Orchestrator(EndedPhase):
         store: the opened store.
         provider: the provider (pickled to executors for collection).
         config: limits, retry and poll policies, ``max_in_flight``.
-        restage: packs retry requests; default: ``_pack.stage_chunks`` with the config's limits.
+        restage: packs retry requests; default: :meth:`stage` (``_pack.stage_chunks`` with the
+            provider's batch limits).
         sleep / clock: injectable for tests.
 
     Example:
@@ -88,7 +89,7 @@ class Orchestrator(EndedPhase):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spark, self.store, self.provider, self.config = spark, store, provider, config
-        self._restage = restage or self._default_restage
+        self._restage = restage or self.stage
         self._sleep, self._clock = sleep, clock
         self._records: dict[str, BatchRecord] = {}
         self._due: dict[str, float] = {}  # key -> clock time of the next poll / earliest retry

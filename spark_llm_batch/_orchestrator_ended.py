@@ -31,6 +31,7 @@ from spark_llm_batch.providers.base import BatchState
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from spark_llm_batch._pack import StagedChunks
     from spark_llm_batch._store import StagedLike, Store
     from spark_llm_batch.config import BatchConfig
     from spark_llm_batch.providers.base import Provider
@@ -188,15 +189,16 @@ class EndedPhase:
             except Exception as exc:  # cleanup never fails a run
                 log.debug("batch %s: cleanup skipped: %s", record.key, exc)
 
-    def _default_restage(self, frame: DataFrame) -> StagedLike:
+    def stage(self, frame: DataFrame) -> StagedChunks:
+        """Pack ``frame``'s requests (first attempts and retries alike) into chunk files."""
         from spark_llm_batch import _pack
 
-        limits = self.config.limits
+        max_requests, max_bytes = self.provider.batch_limits(self.config)
         return _pack.stage_chunks(
             self.spark,
             frame,
-            max_requests=limits.max_requests or self.provider.default_max_requests,
-            max_bytes=limits.max_bytes or self.provider.default_max_bytes,
+            max_requests=max_requests,
+            max_bytes=max_bytes,
             staging_uri=self.store.staging_uri,
             model=self.config.model_name,
         )

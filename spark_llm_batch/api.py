@@ -13,6 +13,7 @@ from spark_llm_batch.config import BatchConfig
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
+    from spark_llm_batch._orchestrator import Orchestrator
     from spark_llm_batch._store import Store
 
 __all__ = ["RESULT_FIELDS", "llm_batch"]
@@ -78,9 +79,10 @@ def llm_batch(
 
     encoded = _encode.encode_requests(df, prompt_col, cfg, provider).persist()
     try:
-        staged = _stage_pending(encoded, cfg, provider, store)
+        orchestrator = Orchestrator(spark, store, provider, cfg)
+        staged = _stage_pending(encoded, cfg, provider, store, orchestrator)
         log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
-        summary = Orchestrator(spark, store, provider, cfg).run()
+        summary = orchestrator.run()
         log.info("orchestration finished: %s", summary)
         output = _join_results(encoded, store, cfg)
         return _write_output(output, cfg, prompt_col)
@@ -96,13 +98,15 @@ def _resolve_config(config: BatchConfig | None, options: dict[str, Any]) -> Batc
     return BatchConfig.build({**config.model_dump(exclude_unset=True), **options})
 
 
-def _stage_pending(encoded: DataFrame, cfg: BatchConfig, provider: Any, store: Store) -> list[Any]:
+def _stage_pending(
+    encoded: DataFrame, cfg: BatchConfig, provider: Any, store: Store, orchestrator: Orchestrator
+) -> list[Any]:
     """Stage every request not yet answered nor in flight; return the staged chunks.
 
     Duplicate requests (equal hashes) need no shuffle here: packing sorts equal hashes next to
     each other and keeps one.
     """
-    from spark_llm_batch import _pack
+    from pyspark.sql import functions as F
 
     pending = (
         encoded.where(encoded[C.LINE].isNotNull())
@@ -111,17 +115,8 @@ def _stage_pending(encoded: DataFrame, cfg: BatchConfig, provider: Any, store: S
         .join(store.inflight_hashes(), C.HASH, "left_anti")
         .join(store.attempts(), C.HASH, "left")
     )
-    from pyspark.sql import functions as F
-
     pending = pending.withColumn(C.ATTEMPT, F.coalesce(F.col(C.ATTEMPT) + 1, F.lit(1)))
-    staged = _pack.stage_chunks(
-        encoded.sparkSession,
-        pending,
-        max_requests=cfg.limits.max_requests or provider.default_max_requests,
-        max_bytes=cfg.limits.max_bytes or provider.default_max_bytes,
-        staging_uri=store.staging_uri,
-        model=cfg.model_name,
-    )
+    staged = orchestrator.stage(pending)
     if staged.chunks:
         # The lines come from the packing checkpoint: recording them re-runs nothing upstream.
         store.record_staged(staged, staged.requests, provider=provider.name, endpoint=cfg.endpoint)

@@ -149,6 +149,14 @@ class Provider(ABC):
         state["_client"] = None
         return state
 
+    def batch_limits(self, config: BatchConfig) -> tuple[int, int]:
+        """Requests and encoded bytes allowed per batch: the config's limits, else the provider's."""
+        limits = config.limits
+        return (
+            limits.max_requests or self.default_max_requests,
+            limits.max_bytes or self.default_max_bytes,
+        )
+
     # ---- data plane (executors) -------------------------------------------------------------------
 
     @abstractmethod
