@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from spark_llm_batch.emulator._faults import Fault, RequestFaults, request_fault
 
@@ -87,12 +87,10 @@ def prepare(
         return plan
     seen: set[str] = set()
     fast = _FastChat(endpoint, faults)
-    ok_buf: list[bytes] = []
-    err_buf: list[bytes] = []
-    ok_end = err_end = 0  # where each file ends once its buffer is written
     custom_ids, oks, ends = plan.custom_ids, plan.ok, plan.ends
     input_tokens, output_tokens = plan.input_tokens, plan.output_tokens
     with src.open("rb") as fh, ok_path.open("wb") as ok_fh, err_path.open("wb") as err_fh:
+        outputs = (_LineBuffer(err_fh), _LineBuffer(ok_fh))  # indexed by the ok flag
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
@@ -107,32 +105,43 @@ def prepare(
                 fault = faults.pick(req["body"], key=f"{batch_seq}/{custom_id}")
                 answered = _answer(req, endpoint, _answers, fault)
             line, ok, in_tok, out_tok = answered
-            if ok:
-                ok_buf.append(line)
-                ok_end += len(line)
-                ends.append(ok_end)
-                if len(ok_buf) >= _FLUSH_LINES:
-                    ok_fh.write(b"".join(ok_buf))
-                    ok_buf.clear()
-            else:
-                err_buf.append(line)
-                err_end += len(line)
-                ends.append(err_end)
-                if len(err_buf) >= _FLUSH_LINES:
-                    err_fh.write(b"".join(err_buf))
-                    err_buf.clear()
+            ends.append(outputs[ok].add(line))
             custom_ids.append(custom_id)
             oks.append(1 if ok else 0)
             input_tokens.append(in_tok)
             output_tokens.append(out_tok)
-        ok_fh.write(b"".join(ok_buf))
-        err_fh.write(b"".join(err_buf))
+        for output in outputs:
+            output.flush()
     if not plan.errors and not plan.custom_ids:
         plan.errors.append(_err("empty_file", "The input file is empty.", None))
     return plan
 
 
 _FLUSH_LINES = 512  # output lines buffered per file write
+
+
+class _LineBuffer:
+    """Lines bound for one file, written ``_FLUSH_LINES`` at a time; tracks where the file ends."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._lines: list[bytes] = []
+        self.end = 0  # the file's size once every added line is written
+
+    def add(self, line: bytes) -> int:
+        """Queue ``line``; return the offset at which it ends in the file."""
+        self._lines.append(line)
+        self.end += len(line)
+        if len(self._lines) >= _FLUSH_LINES:
+            self.flush()
+        return self.end
+
+    def flush(self) -> None:
+        """Write every queued line."""
+        self._fh.write(b"".join(self._lines))
+        self._lines.clear()
+
+
 # Body keys that change a chat answer beyond model + messages; a body with any takes the full path.
 _SHAPING_KEYS = frozenset(
     ("max_completion_tokens", "max_tokens", "tools", "tool_choice", "response_format", "stop", "n")
