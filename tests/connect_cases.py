@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import spark_llm_batch
-from spark_llm_batch.config import BatchLimits, PollPolicy
 from spark_llm_batch.emulator import _answers
+from tests.pipeline_helpers import MODEL, SYSTEM, billed_counts, pipeline_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,24 +25,9 @@ if TYPE_CHECKING:
 
     from spark_llm_batch.emulator import Emulator
 
-MODEL = "gpt-4o-mini"
-SYSTEM = "Answer briefly."
-
 
 def _options(emu: Emulator, store: Path) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "store": str(store),
-        "system": SYSTEM,
-        "params": {"temperature": 0},
-        "limits": BatchLimits(max_requests=15),
-        "poll": PollPolicy(initial_seconds=0.05, max_seconds=0.2, progress_seconds=1.0),
-        "provider_settings": {"api_key": "sk-test-emulator", "base_url": emu.openai_base_url},
-    }
-
-
-def _billed(emu: Emulator) -> Counter[str]:
-    return Counter(entry["custom_id"] for entry in emu.ledger() if entry["batch_id"])
+    return pipeline_options(emu, store, max_requests=15)
 
 
 def test_dataframes_get_llm_batch_and_get_session_finds_the_connect_session(
@@ -95,7 +79,7 @@ def test_llm_batch_on_connect_answers_every_row_once_and_reruns_for_free(
         assert got[i]["text"] == _answers.expected_text(prompt, model=MODEL, system=SYSTEM)
         assert got[i]["attempts"] == 1
     assert len({r["batch_id"] for r in got.values()}) >= 3  # 40 requests, 15 per batch
-    billed = _billed(emu)
+    billed = billed_counts(emu)
     assert len(billed) == len(rows)
     assert set(billed.values()) == {1}
 

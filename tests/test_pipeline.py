@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import openai
 import pytest
 
-from spark_llm_batch.config import BatchLimits, PollPolicy
+from spark_llm_batch.config import BatchLimits
 from spark_llm_batch.emulator import _answers
+from tests.pipeline_helpers import MODEL, SYSTEM, billed_counts, pipeline_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -21,26 +22,11 @@ if TYPE_CHECKING:
 
     from spark_llm_batch.emulator import Emulator
 
-MODEL = "gpt-4o-mini"
-SYSTEM = "Answer briefly."
 API_KEY = "sk-test-secret-4f7a9c"
 
 
 def _options(emu: Emulator, store: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "model": MODEL,
-        "store": str(store),
-        "system": SYSTEM,
-        "params": {"temperature": 0},
-        "limits": BatchLimits(max_requests=40),
-        "poll": PollPolicy(initial_seconds=0.05, max_seconds=0.2, progress_seconds=1.0),
-        "provider_settings": {"api_key": API_KEY, "base_url": emu.openai_base_url},
-        **extra,
-    }
-
-
-def _billed(emu: Emulator) -> Counter[str]:
-    return Counter(entry["custom_id"] for entry in emu.ledger() if entry["batch_id"])
+    return pipeline_options(emu, store, max_requests=40, api_key=API_KEY, **extra)
 
 
 @pytest.fixture
@@ -69,7 +55,7 @@ def test_every_row_gets_its_own_answer_billed_once(
         assert row["output_tokens"] > 0
         assert row["attempts"] == 1
     assert len({r["batch_id"] for r in got.values()}) >= 4  # 150 requests, 40 per batch
-    billed = _billed(quick_emulator)
+    billed = billed_counts(quick_emulator)
     assert len(billed) == 150
     assert set(billed.values()) == {1}
     # Invariant 5: the key reaches neither the logs nor any table or staged file of the store.
@@ -92,7 +78,7 @@ def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
     first = spark.createDataFrame([(i, f"prompt {i}") for i in range(60)], "id long, prompt string")
     out1 = first.llm_batch("prompt", **options)
     answers1 = {r["id"]: r["text"] for r in out1.select("id", "llm.text").collect()}
-    assert len(_billed(quick_emulator)) == 60
+    assert len(billed_counts(quick_emulator)) == 60
 
     out2 = first.llm_batch("prompt", **options)
     assert {r["id"]: r["text"] for r in out2.select("id", "llm.text").collect()} == answers1
@@ -101,7 +87,7 @@ def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
     grown = spark.createDataFrame([(i, f"prompt {i}") for i in range(75)], "id long, prompt string")
     out3 = grown.llm_batch("prompt", **options)
     assert out3.count() == 75
-    billed = _billed(quick_emulator)
+    billed = billed_counts(quick_emulator)
     assert len(billed) == 75
     assert set(billed.values()) == {1}
 
@@ -135,7 +121,7 @@ def test_duplicates_bad_prompts_and_faults_are_rows_not_crashes(
         assert out[failed]["status"] == "failed"
         assert out[failed]["error_message"]
     # The duplicate prompt was sent (and billed) once; the bad rows were never sent.
-    billed = _billed(quick_emulator)
+    billed = billed_counts(quick_emulator)
     assert set(billed.values()) == {1}
     # Billed: the shared prompt once, the refusal (a 200 answer) and "fine"; not the 400.
     assert len(billed) == 3
@@ -160,7 +146,7 @@ def test_transient_failures_are_retried_in_new_batches_until_answered(
     assert max(attempts) >= 2
     for i, prompt in rows:
         assert out[i]["llm"]["text"] == _answers.expected_text(prompt, model=MODEL, system=SYSTEM)
-    billed = _billed(emu)
+    billed = billed_counts(emu)
     assert len(billed) == 80
     assert set(billed.values()) == {1}
 
@@ -196,6 +182,6 @@ def test_expired_batch_keeps_its_answers_and_retries_the_rest(
     assert {r["status"] for r in result.values()} == {"succeeded"}
     attempts = Counter(r["attempts"] for r in result.values())
     assert 0 < attempts[1] < 30  # the expired batch's finished requests were kept, not re-sent
-    billed = _billed(emu)
+    billed = billed_counts(emu)
     assert len(billed) == 30
     assert set(billed.values()) == {1}

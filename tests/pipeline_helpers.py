@@ -1,0 +1,41 @@
+"""What the end-to-end pipeline tests share (classic and Spark Connect alike)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spark_llm_batch.config import BatchLimits, PollPolicy
+
+if TYPE_CHECKING:
+    from spark_llm_batch.emulator import Emulator
+
+MODEL = "gpt-4o-mini"
+SYSTEM = "Answer briefly."
+
+
+def pipeline_options(
+    emu: Emulator,
+    store: Path,
+    *,
+    max_requests: int,
+    api_key: str = "sk-test-emulator",
+    **extra: Any,
+) -> dict[str, Any]:
+    """``llm_batch`` options for ``emu``: small batches and a quick poll, then ``extra``."""
+    return {
+        "model": MODEL,
+        "store": str(store),
+        "system": SYSTEM,
+        "params": {"temperature": 0},
+        "limits": BatchLimits(max_requests=max_requests),
+        "poll": PollPolicy(initial_seconds=0.05, max_seconds=0.2, progress_seconds=1.0),
+        "provider_settings": {"api_key": api_key, "base_url": emu.openai_base_url},
+        **extra,
+    }
+
+
+def billed_counts(emu: Emulator) -> Counter[str]:
+    """How many times the emulator billed each custom_id in a batch."""
+    return Counter(entry["custom_id"] for entry in emu.ledger() if entry["batch_id"])
