@@ -218,11 +218,20 @@ def _plan(
 def _resolve(staging_uri: str) -> str:
     """The staging directory as executors and providers will open it, created if missing."""
     import os
+    from urllib.parse import urlparse
 
     import pyarrow.fs as pafs
 
-    # Plain paths become absolute: pyarrow.fs only takes absolute ones.
-    uri = staging_uri.rstrip("/") if "://" in staging_uri else os.path.abspath(staging_uri)
+    parsed = urlparse(staging_uri)
+    if parsed.scheme == "file":
+        # Spark and catalogs spell local paths "file:/p" (one slash): a path, not a relative name.
+        uri = os.path.abspath(parsed.path)
+    elif parsed.scheme == "dbfs":
+        uri = "/dbfs" + parsed.path  # Databricks mounts DBFS there for plain file access
+    elif "://" in staging_uri:
+        uri = staging_uri.rstrip("/")
+    else:
+        uri = os.path.abspath(staging_uri)  # pyarrow.fs only takes absolute paths
     fs, base = pafs.FileSystem.from_uri(uri)
     fs.create_dir(base, recursive=True)
     return uri

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from spark_llm_batch import _columns as C
-from spark_llm_batch._pack import StagedChunks, _Group, stage_chunks
+from spark_llm_batch._pack import StagedChunks, _Group, _resolve, stage_chunks
 from spark_llm_batch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -175,3 +175,15 @@ def test_snake_bound_and_growth() -> None:
     assert group.next_k(11, 100, 100_000) == math.ceil(500_000 / (100_000 - 60_000)) == 13
     assert group.next_k(13, 100, 100_000) == 26
     assert group.next_k(999, 100, 100_000) == 1000
+
+
+@pytest.mark.parametrize("spelling", ["file:{}", "file://{}", "{}"])
+def test_staging_uri_spellings_name_the_same_local_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    # Catalog schemas report locations as "file:/p": that is /p, not a folder named "file:" here.
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "warehouse" / "_llm_staging"
+    assert _resolve(spelling.format(target)) == str(target)
+    assert target.is_dir()
+    assert not (tmp_path / "file:").exists()
