@@ -1,26 +1,25 @@
 """OpenAI batch internals: validating an input file, preparing answers, the lifecycle timeline.
 
 A batch is prepared once, in a worker thread, right after create: every input line is validated
-and answered, answers go to an "ok" file and failures to an "err" file (in input order), and a
-compact :class:`Plan` remembers where each request's line ends. The lifecycle is then a pure
-function of simulated time (:func:`timeline`): request ``i`` of ``n`` finishes at
+and answered (a file of plain chat requests all at once, by :mod:`._openai_vector`), answers go
+to an "ok" file and failures to an "err" file (in input order), and a compact :class:`Plan`
+remembers where each request's line ends. The lifecycle is then a pure function of simulated
+time (:func:`timeline`): request ``i`` of ``n`` finishes at
 ``in_progress_at + processing * (i + 1) / n``, so an expired or cancelled batch keeps a prefix of
 each file (truncated in place, never copied) plus one error line per unfinished request.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import uuid
 from dataclasses import asdict, dataclass, field
-from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from spark_llm_batch.emulator._faults import Fault, RequestFaults, request_fault
+from spark_llm_batch.emulator._faults import Fault, RequestFaults
+from spark_llm_batch.emulator._openai_fastchat import CHAT_ENDPOINT, FastChat
 
 __all__ = ["HTTP_FAULTS", "Plan", "View", "answer_body", "finish_lines", "prepare", "timeline"]
 
@@ -75,8 +74,13 @@ def prepare(
     err_path: Path,
     faults: RequestFaults,
     batch_seq: int,
+    whole_file: bool = True,
 ) -> Plan:
-    """Validate ``src`` line by line and answer every request; runs in a worker thread."""
+    """Validate ``src`` and answer every request; runs in a worker thread.
+
+    A plain chat file is answered whole (:mod:`._openai_vector`) unless ``whole_file`` is false;
+    any other file, or one that path declines, goes line by line.
+    """
     from spark_llm_batch.emulator import _answers  # written in parallel: imported when needed
 
     plan = Plan()
@@ -85,8 +89,16 @@ def prepare(
             _err("file_too_large", f"The input file exceeds {max_bytes:,} bytes.", None)
         )
         return plan
+    if whole_file and endpoint == CHAT_ENDPOINT and not faults.rates:
+        from spark_llm_batch.emulator._openai_vector import prepare_plain_chat
+
+        whole = prepare_plain_chat(
+            src, max_requests=max_requests, ok_path=ok_path, err_path=err_path
+        )
+        if whole is not None:
+            return whole  # a plain chat file, answered whole (same bytes as below)
     seen: set[str] = set()
-    fast = _FastChat(endpoint, faults)
+    fast = FastChat(endpoint, faults)
     custom_ids, oks, ends = plan.custom_ids, plan.ok, plan.ends
     input_tokens, output_tokens = plan.input_tokens, plan.output_tokens
     with src.open("rb") as fh, ok_path.open("wb") as ok_fh, err_path.open("wb") as err_fh:
@@ -142,100 +154,7 @@ class _LineBuffer:
         self._lines.clear()
 
 
-# Body keys that change a chat answer beyond model + messages; a body with any takes the full path.
-_SHAPING_KEYS = frozenset(
-    ("max_completion_tokens", "max_tokens", "tools", "tool_choice", "response_format", "stop", "n")
-)
-# uuid4's fixed bits (version 4, RFC 4122 variant) applied to 128 random bits, as uuid.uuid4 does.
-_UUID_AND = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
-_UUID_OR = (0x8000 << 48) | (4 << 76)
 _decode = json.JSONDecoder().decode  # json.loads' decoder, defaults
-_encode_str = encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
-
-
-class _FastChat:
-    """Templated answers for the common chat request (plain string turns, no shaping keys).
-
-    Produces exactly the bytes ``_answer`` would (same JSON layout, answer, usage), without
-    building the response dicts or re-serialising them; anything unusual returns ``None`` and
-    takes the general path. The digest's constant prefix (model + leading system turn) is hashed
-    once per batch and copied for each request.
-    """
-
-    def __init__(self, endpoint: str, faults: RequestFaults) -> None:
-        from spark_llm_batch.emulator import _answers, _prompt
-
-        self.enabled = endpoint == "/v1/chat/completions" and not faults.rates
-        self._echo_chars = _prompt._ECHO_CHARS
-        self._created = _answers._CREATED
-        self._prefix_key: tuple[str, str | None] | None = None
-        self._prefix_hash: Any = None
-        self._model_json = ""
-
-    def answer(
-        self, req: dict[str, Any], raw: bytes, custom_id: str
-    ) -> tuple[bytes, bool, int, int] | None:
-        """Return ``(line, ok, input_tokens, output_tokens)``, or ``None`` for the full path."""
-        if not self.enabled or b"[[emulator:" in raw:
-            return None  # a fault marker: the full path picks it
-        body = req["body"]
-        if b"\\u" in raw and request_fault(body) is not None:
-            return None  # a marker spelt with \u escapes
-        if not _SHAPING_KEYS.isdisjoint(body):
-            return None
-        messages = body.get("messages")
-        if type(messages) is not list or not messages or len(messages) > 2:
-            return None
-        system: str | None = None
-        if len(messages) == 2:
-            first = messages[0]
-            if type(first) is not dict or first.get("role") != "system":
-                return None
-            system = first.get("content")
-            if type(system) is not str:
-                return None
-        last = messages[-1]
-        if type(last) is not dict or last.get("role") != "user":
-            return None
-        text = last.get("content")
-        if type(text) is not str:
-            return None
-        model = body["model"]  # a non-empty str: _check_line made sure
-        try:
-            hasher = self._prefix(model, system).copy()
-            hasher.update(b"\nuser:" + text.encode())
-        except UnicodeEncodeError:
-            return None  # lone surrogates: let the full path report it
-        key = hasher.hexdigest()[:12]
-        answer = f"Emulated answer {key}: {' '.join(text.split())[: self._echo_chars]}"
-        out_tok = max((len(answer) + 3) // 4, 1)
-        in_tok = 7 + (len(text) + 3) // 4
-        if system is not None:
-            in_tok += 4 + (len(system) + 3) // 4
-        r = int.from_bytes(os.urandom(32), "big")
-        request_id = (r >> 128) & _UUID_AND | _UUID_OR
-        line_id = r & _UUID_AND | _UUID_OR
-        line = (
-            f'{{"id":"batch_req_{line_id:032x}","custom_id":{_encode_str(custom_id)},'
-            f'"response":{{"status_code":200,"request_id":"req_{request_id:032x}",'
-            f'"body":{{"id":"chatcmpl-{key}","object":"chat.completion","created":{self._created},'
-            f'"model":{self._model_json},"choices":[{{"index":0,"message":{{"role":"assistant",'
-            f'"content":{_encode_str(answer)},"refusal":null}},"logprobs":null,'
-            f'"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{in_tok},'
-            f'"completion_tokens":{out_tok},"total_tokens":{in_tok + out_tok},'
-            f'"prompt_tokens_details":{{"cached_tokens":0}},'
-            f'"completion_tokens_details":{{"reasoning_tokens":0}}}},'
-            f'"service_tier":"default","system_fingerprint":"fp_emulator"}}}},"error":null}}\n'
-        )
-        return line.encode(), True, in_tok, out_tok
-
-    def _prefix(self, model: str, system: str | None) -> Any:
-        if self._prefix_key != (model, system):
-            head = model if system is None else f"{model}\nsystem:{system}"
-            self._prefix_hash = hashlib.sha256(head.encode())
-            self._prefix_key = (model, system)
-            self._model_json = _encode_str(model)
-        return self._prefix_hash
 
 
 def _err(code: str, message: str, line: int | None, param: str | None = None) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import pytest
 
 from spark_llm_batch.emulator import _answers
 from spark_llm_batch.emulator._faults import Fault, RequestFaults
-from spark_llm_batch.emulator._openai_batch import _answer, _FastChat
+from spark_llm_batch.emulator._openai_batch import _answer
+from spark_llm_batch.emulator._openai_fastchat import FastChat
 
 ENDPOINT = "/v1/chat/completions"
 _IDS = re.compile(rb'"(batch_req_|req_)[0-9a-f]{32}"')
@@ -39,7 +40,7 @@ def _chat(prompt: str, system: str | None = None, **extra: Any) -> dict[str, Any
 )
 def test_fast_path_matches_the_general_path(body: dict[str, Any]) -> None:
     req, raw = _request("c" * 32, body)
-    fast = _FastChat(ENDPOINT, RequestFaults()).answer(req, raw, req["custom_id"])
+    fast = FastChat(ENDPOINT, RequestFaults()).answer(req, raw, req["custom_id"])
     assert fast is not None
     general = _answer(req, ENDPOINT, _answers, None)
     assert fast[1:] == general[1:]  # ok flag and token counts
@@ -70,10 +71,10 @@ def test_fast_path_matches_the_general_path(body: dict[str, Any]) -> None:
 )
 def test_unusual_requests_take_the_general_path(body: dict[str, Any]) -> None:
     req, raw = _request("c1", body)
-    assert _FastChat(ENDPOINT, RequestFaults()).answer(req, raw, "c1") is None
+    assert FastChat(ENDPOINT, RequestFaults()).answer(req, raw, "c1") is None
 
 
 def test_fault_rates_disable_the_fast_path() -> None:
     req, raw = _request("c1", _chat("hi"))
     rates = RequestFaults(rates=((Fault.SERVER_ERROR, 0.5),))
-    assert _FastChat(ENDPOINT, rates).answer(req, raw, "c1") is None
+    assert FastChat(ENDPOINT, rates).answer(req, raw, "c1") is None
