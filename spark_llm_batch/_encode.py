@@ -1,65 +1,63 @@
-"""Rows to request lines: build each prompt's chunk-file line and request hash on executors.
+"""Rows to requests: each prompt's request hash and chunk-file line, as Spark SQL expressions.
 
 The provider owns the wire format (``request_body`` / ``request_line``); this module only makes it
-fast. It renders one line and one canonical body with sentinel values on the driver, splits them at
-the sentinels into a :class:`_Template`, and checks on a tricky probe prompt that splicing reproduces
-the provider's own output exactly. Executors then only JSON-escape each prompt and splice it (and its
-hash, which is also the provider ``custom_id``) into the template: no dict building, no full
-``json.dumps`` per row. A provider whose output cannot be spliced falls back to calling it per row.
+fast. On the driver it renders one line with marker values for the custom id and the prompt and
+cuts it at the markers into a :class:`RequestEncoder`. Executors then build every line in the JVM:
+the prompt's JSON escape (``to_json``) and its hash (``sha2``) are spliced between the cut pieces. No
+Python worker runs, and nothing but the prompt column is read.
+
+Two identities are kept apart:
+
+- the request hash (also the provider ``custom_id``) is ``sha256("<doc digest>:<prompt>")``, where
+  the doc digest covers provider, endpoint and the whole request body with the prompt left out
+  (model, messages, params, response format). It depends on the prompt's characters, never on how a
+  JSON encoder escapes them, so the driver (:func:`request_hash`) and the JVM agree exactly;
+- the line is checked once per call, on a probe prompt that exercises every escaping rule, to be
+  the same JSON document as the provider's own ``request_line`` (Jackson and Python escape control
+  characters differently; both are valid JSON for the same text). A provider whose line cannot be
+  built by splicing (it transforms the prompt) is refused with :class:`SparkLLMBatchError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from spark_llm_batch._columns import ERR_CLASS, ERR_MSG, HASH, LINE, NBYTES
-from spark_llm_batch.config import ProviderSettings
+from spark_llm_batch.errors import SparkLLMBatchError
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-    from pyspark.sql import DataFrame
-    from pyspark.sql.types import StructType
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from spark_llm_batch.config import BatchConfig
     from spark_llm_batch.providers.base import Provider
 
-__all__ = ["HASH_VERSION", "encode_requests", "request_hash"]
+__all__ = ["HASH_VERSION", "RequestEncoder", "encode_requests", "request_hash"]
 
-HASH_VERSION = 1
-"""Bumped if the canonical hash encoding ever changes (it would re-send every request)."""
+HASH_VERSION = 2
+"""Bumped whenever the hash definition changes (it re-sends every request). 2: the prompt is hashed
+as text after the doc digest (version 1 hashed the escaped JSON document)."""
 
 INVALID_INPUT = "invalid_input"
 TOO_LARGE = "too_large"
 
-# A prompt that exercises every escaping rule: quotes, backslash, controls, non-ASCII, astral plane,
-# the JSON-legal but JS-hostile U+2028, and an HTML-ish slash some encoders escape.
-_PROBE_PROMPT = 'Probe "q" \\ </x> \x00\x1f\n\r\t é ü 中文 😀 \u2028 {0} {{}}'
+# Prompts that exercise every escaping rule: quotes, backslash, controls, non-ASCII, astral plane,
+# the JSON-legal but JS-hostile U+2028, and an HTML-ish slash some encoders escape; the second one
+# needs no escaping, so it takes the splice's other branch.
+_PROBES = (
+    'Probe "q" \\ </x> \x00\x1f\x7f\n\r\t\b\f é ü 中文 😀 \u2028 {0} {{}}',
+    "Probe </x> \x7f é ü 中文 😀 \u2028 {0} {{}}",
+)
 
-_Escaper = Callable[[str], str]
-
-
-# The C string encoders behind ``json.dumps`` (ensure_ascii False / True), called directly: the
-# same output without ``dumps``' per-call overhead, which dominated encoding (~6x faster).
-_encode_basestring: Callable[[str], str] = json.encoder.encode_basestring
-_encode_basestring_ascii: Callable[[str], str] = json.encoder.encode_basestring_ascii
-
-
-def _escape_unicode(text: str) -> str:
-    return _encode_basestring(text)[1:-1]
-
-
-def _escape_ascii(text: str) -> str:
-    return _encode_basestring_ascii(text)[1:-1]
-
-
-# The two ways Python's json writes a string; the probe decides which one the provider uses.
-_ESCAPERS: tuple[_Escaper, ...] = (_escape_unicode, _escape_ascii)
+_ID = 0  # slot of the custom id in RequestEncoder.pieces
+_PROMPT = 1  # slot of the escaped prompt
+# Python's str.isspace() characters: a prompt made only of them is blank.
+_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+# The characters JSON requires escaped; a prompt without any is its own JSON string content.
+_MUST_ESCAPE = r'["\\\x00-\x1f]'
 
 
 def _canonical(obj: Any) -> str:
@@ -67,16 +65,23 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _hash_document(provider: Provider, config: BatchConfig, body: Any) -> dict[str, Any]:
-    # The body carries model, messages, params and response format; provider and endpoint are added
-    # because the same body means a different request elsewhere.
-    return {
+def _doc_digest(provider: Provider, config: BatchConfig) -> str:
+    """Digest of everything that identifies a request except its prompt."""
+    marker = f"LLMPROMPT{uuid.uuid4().hex}"
+    document = {
         "v": HASH_VERSION,
         "provider": provider.name,
         "endpoint": config.endpoint,
         "model": config.model_name,
-        "body": body,
+        "body": provider.request_body(config, marker),
     }
+    # The random marker becomes a fixed token, so the digest is the same in every process.
+    canonical = _canonical(document).replace(marker, "\x00prompt\x00")
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _hash_of(digest: str, prompt: str) -> str:
+    return hashlib.sha256(f"{digest}:{prompt}".encode()).hexdigest()[:32]
 
 
 def request_hash(provider: Provider, config: BatchConfig, prompt: str) -> str:
@@ -89,169 +94,175 @@ def request_hash(provider: Provider, config: BatchConfig, prompt: str) -> str:
         >>> request_hash(provider, config, "Say hi")  # doctest: +SKIP
         '5f0c0e5d4a1b2c3d4e5f60718293a4b5'
     """
-    document = _hash_document(provider, config, provider.request_body(config, prompt))
-    return hashlib.sha256(_canonical(document).encode("utf-8")).hexdigest()[:32]
+    return _hash_of(_doc_digest(provider, config), prompt)
 
 
-def _format_template(text: str, markers: dict[str, int]) -> str:
-    """``text`` as a ``str.format`` template, each marker replaced by its positional field."""
-    text = text.replace("{", "{{").replace("}", "}}")
-    for marker, index in markers.items():
-        text = text.replace(marker, f"{{{index}}}")
-    return text
+def _cut(line: str, id_mark: str, prompt_mark: str) -> tuple[str | int, ...]:
+    """``line`` as literal pieces and slots (:data:`_ID`, :data:`_PROMPT`) where the markers were."""
+    pieces: list[str | int] = []
+    for i, around_id in enumerate(line.split(id_mark)):
+        if i:
+            pieces.append(_ID)
+        for j, text in enumerate(around_id.split(prompt_mark)):
+            if j:
+                pieces.append(_PROMPT)
+            if text:
+                pieces.append(text)
+    return tuple(pieces)
 
 
 @dataclass(frozen=True)
-class _Template:
-    """Everything an executor needs to encode prompts; small and picklable."""
+class RequestEncoder:
+    """The cut line and the hash prefix of one call: everything executors need, as expressions.
 
-    line: str | None  # format template: {0} = custom id, {1} = escaped prompt; None = slow path
-    canonical: str | None  # format template of the hash document: {0} = escaped prompt
-    null_hash: str  # hash given to rows whose prompt is null
-    escape: _Escaper | None
-    provider: Provider | None  # only on the slow path
-    config: BatchConfig | None  # only on the slow path, without credentials
+    Build it with :meth:`build`; it holds no credentials (request bodies never need them).
+    """
+
+    pieces: tuple[str | int, ...]  # literals, _ID and _PROMPT slots, in line order
+    doc_digest: str
+    null_hash: str  # the hash of a row whose prompt is null
     max_bytes: int
 
-    def encode(self, prompt: str) -> tuple[str, str]:
-        """``(hash, line)`` of one non-empty prompt."""
-        if self.line is None or self.canonical is None or self.escape is None:
-            assert self.provider is not None
-            assert self.config is not None
-            custom_id = request_hash(self.provider, self.config, prompt)
-            body = self.provider.request_body(self.config, prompt)
-            return custom_id, self.provider.request_line(custom_id, body, self.config)
-        canonical = _escape_unicode(prompt)  # the hash document is always written unescaped UTF-8
-        escaped = canonical if self.escape is _escape_unicode else self.escape(prompt)
-        digest = hashlib.sha256(self.canonical.format(canonical).encode("utf-8")).hexdigest()
-        return digest[:32], self.line.format(digest[:32], escaped)
+    @classmethod
+    def build(cls, spark: SparkSession, provider: Provider, config: BatchConfig) -> RequestEncoder:
+        """Render, cut and verify the provider's line (one tiny Spark query).
 
+        Raises:
+            ConfigError: ``config`` is not valid for the provider (from ``request_body``).
+            SparkLLMBatchError: the provider's line cannot be built by splicing the prompt.
+        """
+        prompt_mark = f"LLMPROMPT{uuid.uuid4().hex}"  # alphanumeric: identical under any escaping
+        id_mark = f"LLMID{uuid.uuid4().hex}"
+        body = provider.request_body(config, prompt_mark)
+        pieces = _cut(provider.request_line(id_mark, body, config), id_mark, prompt_mark)
+        digest = _doc_digest(provider, config)
+        null_hash = hashlib.sha256(f"{digest}:null-prompt".encode()).hexdigest()[:32]
+        _, max_bytes = provider.batch_limits(config)
+        encoder = cls(pieces, digest, null_hash, max_bytes)
+        encoder._verify(spark, provider, config)
+        return encoder
 
-def _build_template(provider: Provider, config: BatchConfig, max_bytes: int) -> _Template:
-    prompt_mark = f"LLMPROMPT{uuid.uuid4().hex}"  # alphanumeric: identical under any JSON escaping
-    id_mark = uuid.uuid4().hex
-    body = provider.request_body(config, prompt_mark)
-    line = _format_template(
-        provider.request_line(id_mark, body, config), {id_mark: 0, prompt_mark: 1}
-    )
-    canonical = _format_template(
-        _canonical(_hash_document(provider, config, body)), {prompt_mark: 0}
-    )
-    null_hash = hashlib.sha256(f"null-prompt\x00{canonical}".encode()).hexdigest()[:32]
-    expected_hash = request_hash(provider, config, _PROBE_PROMPT)
-    expected_line = provider.request_line(
-        expected_hash, provider.request_body(config, _PROBE_PROMPT), config
-    )
-    for escape in _ESCAPERS:
-        fast = _Template(line, canonical, null_hash, escape, None, None, max_bytes)
-        if fast.encode(_PROBE_PROMPT) == (expected_hash, expected_line):
-            return fast
-    # The provider serialises in a way splicing cannot reproduce: correct but slower. The template
-    # travels to executors, so it carries no credentials (request bodies never need them).
-    anonymous = config.model_copy(update={"provider_settings": ProviderSettings()})
-    bare = dataclasses.replace(provider, settings=ProviderSettings())
-    return _Template(None, None, null_hash, None, bare, anonymous, max_bytes)
+    def hash_column(self, prompt: Column) -> Column:
+        """The request hash of ``prompt`` (null prompts get :attr:`null_hash`)."""
+        from pyspark.sql import functions as F
 
+        digest = F.sha2(F.concat(F.lit(f"{self.doc_digest}:"), prompt), 256)
+        return F.coalesce(F.substring(digest, 1, 32), F.lit(self.null_hash))
 
-def _encode_prompts(
-    prompts: list[str | None], template: _Template
-) -> tuple[list[str], list[str | None], list[str | None]]:
-    """Hashes, lines and invalid-input messages of one batch's prompts (the per-row Python part)."""
-    hashes: list[str] = []
-    lines: list[str | None] = []
-    errors: list[str | None] = []
-    for prompt in prompts:
-        if prompt is None:
-            hashes.append(template.null_hash)
-            lines.append(None)
-            errors.append("prompt is null")
-        elif not prompt.strip():
-            hashes.append(template.encode(prompt)[0])
-            lines.append(None)
-            errors.append("prompt is empty or only whitespace")
-        else:
-            custom_id, line = template.encode(prompt)
-            hashes.append(custom_id)
-            lines.append(line)
-            errors.append(None)
-    return hashes, lines, errors
+    def line_column(self, prompt: Column, custom_id: Column) -> Column:
+        """The chunk-file line of ``prompt`` under ``custom_id`` (no newline)."""
+        from pyspark.sql import functions as F
 
+        slots = {_ID: custom_id, _PROMPT: _escaped(prompt)}
+        return F.concat(*[slots[p] if isinstance(p, int) else F.lit(p) for p in self.pieces])
 
-def _encode_batch(batch: pa.RecordBatch, prompt_col: str, template: _Template) -> pa.RecordBatch:
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    def nbytes_column(self, prompt: Column) -> Column:
+        """The line's size in bytes, newline included, without building the line."""
+        from pyspark.sql import functions as F
 
-    hashes, lines, errors = _encode_prompts(batch.column(prompt_col).to_pylist(), template)
-    line_arr = pa.array(lines, pa.string())
-    # Byte sizes in one vectorised pass over the UTF-8 buffer; +1 for the newline ending each line.
-    nbytes = pc.add(pc.binary_length(line_arr), pa.scalar(1, pa.int64())).cast(pa.int64())
-    too_large = pc.fill_null(pc.greater(nbytes, template.max_bytes), False)
-    invalid = pc.is_null(line_arr)
-    limit = f" bytes, over the batch limit of {template.max_bytes} bytes (limits.max_bytes)"
-    size_msg = pc.binary_join_element_wise("request line is ", nbytes.cast(pa.string()), limit, "")
-    null = pa.scalar(None, pa.string())
+        fixed = 1 + 32 * self.pieces.count(_ID)
+        fixed += sum(len(p.encode()) for p in self.pieces if isinstance(p, str))
+        slots = self.pieces.count(_PROMPT)
+        return (F.lit(fixed) + F.octet_length(_escaped(prompt)) * slots).cast("long")
 
-    def failure(if_invalid: Any, if_too_large: Any) -> pa.Array:
-        return pc.if_else(invalid, if_invalid, pc.if_else(too_large, if_too_large, null)).cast(
-            pa.string()
+    def annotate(self, df: DataFrame, prompt_col: str) -> DataFrame:
+        """``df`` plus ``HASH``, ``NBYTES``, ``ERR_CLASS``, ``ERR_MSG`` (see :func:`encode_requests`)."""
+        from pyspark.sql import functions as F
+
+        prompt = F.col(f"`{prompt_col}`")
+        hashed = self.hash_column(prompt)
+        nbytes = self.nbytes_column(prompt)
+        # Trimming is costly: only a prompt that starts with whitespace can be blank.
+        first = F.substring(prompt, 1, 1)
+        blank = (first == "") | (
+            first.isin(*_WHITESPACE) & (F.length(F.trim(prompt, F.lit(_WHITESPACE))) == 0)
+        )
+        too_large = nbytes > self.max_bytes
+        limit = f" bytes, over the batch limit of {self.max_bytes} bytes (limits.max_bytes)"
+        err_class = (
+            F.when(prompt.isNull() | blank, F.lit(INVALID_INPUT))
+            .when(too_large, F.lit(TOO_LARGE))
+            .otherwise(F.lit(None).cast("string"))
+        )
+        err_msg = (
+            F.when(prompt.isNull(), F.lit("prompt is null"))
+            .when(blank, F.lit("prompt is empty or only whitespace"))
+            .when(
+                too_large, F.concat(F.lit("request line is "), nbytes.cast("string"), F.lit(limit))
+            )
+            .otherwise(F.lit(None).cast("string"))
+        )
+        return df.select(
+            "*",
+            hashed.alias(HASH),
+            F.when(prompt.isNull(), F.lit(None).cast("long")).otherwise(nbytes).alias(NBYTES),
+            err_class.alias(ERR_CLASS),
+            err_msg.alias(ERR_MSG),
         )
 
-    extra = {
-        HASH: pa.array(hashes, pa.string()),
-        LINE: pc.if_else(too_large, null, line_arr),
-        NBYTES: nbytes,
-        ERR_CLASS: failure(
-            pa.scalar(INVALID_INPUT, pa.string()), pa.scalar(TOO_LARGE, pa.string())
-        ),
-        ERR_MSG: failure(pa.array(errors, pa.string()), size_msg),
-    }
-    return pa.RecordBatch.from_arrays(
-        [*batch.columns, *extra.values()], names=[*batch.schema.names, *extra.keys()]
-    )
+    def _verify(self, spark: SparkSession, provider: Provider, config: BatchConfig) -> None:
+        probes = spark.createDataFrame([(p,) for p in _PROBES], "p STRING")
+        prompt = probes["p"]
+        rows = probes.select(
+            prompt,
+            self.hash_column(prompt).alias("h"),
+            self.line_column(prompt, self.hash_column(prompt)).alias("l"),
+            self.nbytes_column(prompt).alias("n"),
+        ).collect()
+        for row in rows:
+            expected_hash = _hash_of(self.doc_digest, row["p"])
+            body = provider.request_body(config, row["p"])
+            expected = provider.request_line(expected_hash, body, config)
+            line = row["l"]
+            if (
+                row["h"] != expected_hash
+                or _json_or_none(line) != json.loads(expected)
+                or row["n"] != len(line.encode()) + 1
+            ):
+                raise SparkLLMBatchError(
+                    f"provider {provider.name!r}: its request line cannot be built by splicing the "
+                    f"JSON-escaped prompt into a template (got {line!r}, expected {expected!r})"
+                )
 
 
-def _output_schema(df: DataFrame) -> StructType:
-    from pyspark.sql.types import LongType, StringType, StructField, StructType
+def _escaped(prompt: Column) -> Column:
+    """``prompt`` as JSON string content; ``to_json`` (slow) only where something needs escaping."""
+    from pyspark.sql import functions as F
 
-    added = [(HASH, StringType(), False), (LINE, StringType(), True), (NBYTES, LongType(), True)]
-    added += [(ERR_CLASS, StringType(), True), (ERR_MSG, StringType(), True)]
-    return StructType([*df.schema.fields, *(StructField(*field) for field in added)])
+    as_json = F.to_json(F.struct(prompt.alias("p")))  # {"p":"<escaped>"}
+    return F.when(
+        prompt.rlike(_MUST_ESCAPE), F.substring(as_json, F.lit(7), F.length(as_json) - 8)
+    ).otherwise(prompt)
+
+
+def _json_or_none(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def encode_requests(
     df: DataFrame, prompt_col: str, config: BatchConfig, provider: Provider
 ) -> DataFrame:
-    """Add each row's request hash and chunk-file line, on executors, one Arrow batch at a time.
+    """Add each row's request hash and chunk-file line, as Spark expressions (no Python worker).
 
-    The output holds every input column unchanged plus ``HASH``, ``LINE``, ``NBYTES``, ``ERR_CLASS``
-    and ``ERR_MSG`` (see :mod:`spark_llm_batch._columns`). Every row gets a hash. A null, empty or
-    whitespace-only prompt gets ``LINE`` null and ``ERR_CLASS`` ``"invalid_input"``; a line whose
-    size (newline included) exceeds ``config.limits.max_bytes`` (default: the provider's limit) gets
-    ``LINE`` null, ``ERR_CLASS`` ``"too_large"`` and its would-be size in ``NBYTES``.
-
-    Each line equals ``provider.request_line(hash, provider.request_body(config, prompt), config)``.
-    Spark Connect safe: only ``mapInArrow``.
-
-    Args:
-        df: the input rows.
-        prompt_col: the name of a string column holding the prompts.
-        config: the call's configuration (model, system, params, response format, limits).
-        provider: the provider that defines the wire format.
-
-    Returns:
-        A lazy DataFrame with the input schema plus the five columns above.
+    The output holds every input column unchanged plus ``HASH``, ``NBYTES``, ``ERR_CLASS``,
+    ``ERR_MSG`` and ``LINE`` (see :mod:`spark_llm_batch._columns`). Every row gets a hash. A null,
+    empty or whitespace-only prompt gets ``LINE`` null and ``ERR_CLASS`` ``"invalid_input"``; a line
+    whose size (newline included) exceeds ``config.limits.max_bytes`` (default: the provider's limit)
+    gets ``LINE`` null, ``ERR_CLASS`` ``"too_large"`` and its would-be size in ``NBYTES``. Each line is
+    the same JSON document as ``provider.request_line(hash, provider.request_body(config, prompt),
+    config)``.
 
     Example:
         >>> encoded = encode_requests(df, "prompt", config, provider)  # doctest: +SKIP
         >>> encoded.filter(encoded["__llm_line"].isNotNull()).count()  # doctest: +SKIP
         998
     """
-    _, max_bytes = provider.batch_limits(config)
-    template = _build_template(provider, config, max_bytes)
-    schema = _output_schema(df)
+    from pyspark.sql import functions as F
 
-    def encode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            yield _encode_batch(batch, prompt_col, template)
-
-    return df.mapInArrow(encode, schema)
+    encoder = RequestEncoder.build(df.sparkSession, provider, config)
+    annotated = encoder.annotate(df, prompt_col)
+    line = encoder.line_column(F.col(f"`{prompt_col}`"), F.col(HASH))
+    return annotated.withColumn(LINE, F.when(F.col(ERR_CLASS).isNull(), line))

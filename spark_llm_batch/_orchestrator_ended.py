@@ -6,8 +6,9 @@ small; it reads and writes the orchestrator's state declared below. Order of com
 - queue full (``failed`` with ``token_limit_exceeded``): members copied to a new key (commit), then
   one append: the old batch ``abandoned`` + the new one ``uploaded`` (same input file); the new one
   is held back and the in-flight cap shrinks.
-- otherwise: results read on executors and MERGEd (commit) → open requests re-staged (members, then
-  ``staged`` rows of the new batches) → ``collected`` (one append for all) → best-effort cleanup.
+- otherwise: results read on executors and MERGEd (commit; the per-batch outcomes come from the
+  same pass) → open requests re-staged (members, then ``staged`` rows of the new batches) →
+  ``collected`` (one append for all) → best-effort cleanup.
 
 Collection has a fixed cost (a Spark job, a MERGE, a few commits) whatever the number of batches, so
 ended batches are collected together: as soon as no other batch is in flight, or once the first of
@@ -23,8 +24,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from spark_llm_batch import _failpoints
-from spark_llm_batch._collect import batch_outcomes, collect_batches, retry_requests
+from spark_llm_batch._chunk_files import delete_chunk
+from spark_llm_batch._collect import collect_batches
 from spark_llm_batch._progress import RunSummary
+from spark_llm_batch._retry_lines import retry_requests
 from spark_llm_batch._store_tables import BatchRecord, Phase
 from spark_llm_batch.providers.base import BatchState
 
@@ -118,11 +121,10 @@ class EndedPhase:
         return now - oldest >= self._collect_wait()
 
     def _collect(self, records: list[BatchRecord], failed_whole: dict[str, str]) -> None:
-        collect_batches(
+        outcomes = collect_batches(
             self.store, self.provider, records, retry=self.config.retry, failed_whole=failed_whole
         )
         _failpoints.hit("during_collect")
-        outcomes = batch_outcomes(self.store, [r.key for r in records])
         needing = [r for r in records if outcomes[r.key][2] > 0]
         if needing:
             self._restage_open(needing)
@@ -141,9 +143,9 @@ class EndedPhase:
 
     def _restage_open(self, records: list[BatchRecord]) -> None:
         """Stage the open (retryable) requests of ``records`` as new batches, attempt + 1."""
-        staged = self._restage(retry_requests(self.store, records))
+        staged = self._restage(retry_requests(self.store, self.provider, records))
         new = self.store.record_staged(
-            staged, None, provider=self.provider.name, endpoint=self.config.endpoint
+            staged, provider=self.provider.name, endpoint=self.config.endpoint
         )
         for record in new:
             self._records[record.key] = record
@@ -179,13 +181,10 @@ class EndedPhase:
 
     def _cleanup(self, records: list[BatchRecord]) -> None:
         """Best effort: drop provider input files and chunk files of collected batches."""
-        import pyarrow.fs as pafs
-
         for record in records:
             try:
                 self.provider.cleanup(record.input_ref)
-                fs, path = pafs.FileSystem.from_uri(record.uri)
-                fs.delete_file(path)
+                delete_chunk(record.uri)
             except Exception as exc:  # cleanup never fails a run
                 log.debug("batch %s: cleanup skipped: %s", record.key, exc)
 
@@ -201,4 +200,5 @@ class EndedPhase:
             max_bytes=max_bytes,
             staging_uri=self.store.staging_uri,
             model=self.config.model_name,
+            record_members=self.store.append_members,
         )

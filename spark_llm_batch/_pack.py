@@ -1,28 +1,31 @@
-"""Packing: assign pending requests to provider-sized chunks and write each chunk as one JSONL file.
+"""Packing: assign pending requests to provider-sized chunks and write each chunk's lines to files.
 
-The algorithm, run entirely on executors except for a few small aggregates:
+The algorithm runs on executors in two Spark jobs; only per-part statistics reach the driver:
 
-1. Rank. Requests are range-sorted by ``(attempt, size desc, hash)``; a ``mapInArrow`` numbers the
-   rows of each sorted partition (dropping adjacent duplicate hashes, which the sort makes adjacent)
-   and the result is local-checkpointed, so that every later step sees one fixed ranking whatever
-   the input's partitioning or determinism. A small aggregate (rows and bytes per partition and
-   attempt) gives each partition's offset, so ``rank = offset[partition] + index``.
-2. Deal. Within one attempt group of ``N`` requests and ``T`` bytes, ranks are dealt in snake order
-   (0..K-1, K-1..0, ...) over ``K`` chunks. Every chunk then holds ``floor(N/K)`` or ``ceil(N/K)``
-   requests, and at most ``T/K + s_max`` bytes (``s_max``: the largest line), because a chunk gets
-   one line per round and each round's first line is no larger than the previous round's average.
-3. Verify. A small aggregate measures every chunk; ``K`` starts at
-   ``K0 = max(ceil(N/max_requests), ceil(T/max_bytes))`` and grows only while a chunk is too big:
-   ``K0 + 1``, then ``ceil(T / (max_bytes - s_max))`` (which fits by the bound above), then doubling.
-4. Write. Rows are shuffled by chunk; each task streams its chunks' lines to
-   ``<staging_uri>/<key>.jsonl`` through ``pyarrow.fs`` and reports lines and bytes written, which the
-   driver checks against step 3. No row passes through the driver.
+1. Measure (narrow columns only). Each request gets a fine part, ``pmod(xxhash64(hash), 1024)``.
+   Requests are de-duplicated on ``(hash, attempt)`` and counted per fine part and attempt: rows,
+   bytes (the line's UTF-8 size plus its newline) and the largest line.
+2. Plan (driver). Within one attempt group of ``N`` requests and ``T`` bytes, ``K`` starts at
+   ``K0 = max(ceil(N/max_requests), ceil(T/max_bytes))``. The fine parts are folded into ``P`` parts
+   (``fine % P``), ``P`` as large as the byte room allows (below). Each part's rows are ranked by
+   ``(size desc, hash)`` after the rows of the parts before it, so ranks ``0..N-1`` are a bijection
+   fixed by the data alone; rank ``r`` goes to chunk ``snake(r)`` (``0..K-1``, then ``K-1..0``, ...).
+   Every chunk then holds ``floor(N/K)`` or ``ceil(N/K)`` requests, and at most
+   ``T/K + (2P - 1) * s_max`` bytes (``s_max``: the largest line): a chunk gets one line per round
+   of ``K`` ranks, no larger than the previous round's average inside a descending run, and each of
+   the ``P - 1`` run boundaries can break that for two rounds. ``P`` is the largest value (up to
+   the shuffle parallelism) for which that bound fits at ``K0`` or ``K0 + 1``; ``K`` grows only when
+   even ``P = 1`` does not fit.
+3. Write (one job, the full lines). Rows are shuffled by part and sorted within it; each task deals
+   its parts' rows (dropping duplicates, adjacent after the sort) and streams every chunk's lines to
+   ``<staging>/<key>/part-<p>.jsonl`` through ``pyarrow.fs``; its output rows are the members
+   (``hash``, ``batch_key``, ``attempt``), which the caller commits in the same job. No row passes
+   through the driver. The written bytes are checked against the plan.
 
 Guarantee: both limits always hold, and a group uses at most ``K0 + 1`` chunks whenever
-``s_max <= max_bytes - T/(K0 + 1)`` (always true when ``s_max <= max_bytes / (K0 + 1)``, e.g. any
-line under 9 MB for a 20-batch job at OpenAI's 200 MB), for any partitioning. No packer can promise
-``K0 + 1`` for arbitrary sizes (100 lines of 51 bytes under a 100-byte limit need 100 chunks, not
-52); there the count grows as needed and the limits still hold.
+``s_max <= max_bytes - T/(K0 + 1)`` (true for any line under 9 MB for a 20-batch job at OpenAI's
+200 MB), for any input partitioning. No packer can promise ``K0 + 1`` for arbitrary sizes (100 lines
+of 51 bytes under a 100-byte limit need 100 chunks, not 52); there the count grows as needed.
 """
 
 from __future__ import annotations
@@ -30,52 +33,53 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from spark_llm_batch._columns import ATTEMPT, CHUNK, HASH, LINE, NBYTES
+from spark_llm_batch._chunk_files import chunk_parts, resolve_staging
+from spark_llm_batch._columns import ATTEMPT, HASH, LINE
 from spark_llm_batch.errors import ConfigError, SparkLLMBatchError
 from spark_llm_batch.providers.base import ChunkRef
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
-    from pyspark.sql import Column, DataFrame, SparkSession
-    from pyspark.sql.types import StructType
+    from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["StagedChunks", "stage_chunks"]
+__all__ = ["FINE_PARTS", "StagedChunks", "stage_chunks"]
+
+FINE_PARTS = 1024
+"""Fine parts measured per attempt group; packing folds them into at most this many parts."""
 
 _SIZE = "__llm_pack_size"
 _GROUP = "__llm_pack_attempt"
+_FINE = "__llm_pack_fine"
 _PART = "__llm_pack_part"
-_INDEX = "__llm_pack_index"
+
+MembersSink = Callable[["DataFrame"], None]
+"""Commits the members frame (``__llm_hash``, ``batch_key``, ``attempt``) in one Spark action."""
 
 
 @dataclass
 class StagedChunks:
-    """The chunks written by :func:`stage_chunks`.
+    """The chunks written by :func:`stage_chunks`; their members are already committed.
 
     Attributes:
-        chunks: one :class:`ChunkRef` per written file, its ``requests`` and ``nbytes`` measured.
-        members: which request went where: ``__llm_hash``, ``batch_key`` (the chunk key) and
-            ``attempt`` (int). Backed by a local checkpoint, so it always matches the files.
-        requests: the staged lines, one per member: ``__llm_hash``, ``__llm_line``,
-            ``__llm_bytes``; from the same checkpoint (recording them re-reads nothing upstream).
+        chunks: one :class:`ChunkRef` per chunk, its ``requests`` and ``nbytes`` as written.
     """
 
-    chunks: Sequence[ChunkRef]  # a list
-    members: DataFrame
-    requests: DataFrame | None = None
+    chunks: Sequence[ChunkRef] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Group:
     """One attempt value's requests: the unit that is packed."""
 
     attempt: int
-    start: int  # global rank of its first request
     n: int
     total: int
     largest: int
+    fine: dict[int, int]  # rows per fine part
 
     def first_k(self, max_requests: int, max_bytes: int) -> int:
         return max(1, math.ceil(self.n / max_requests), math.ceil(self.total / max_bytes))
@@ -87,257 +91,242 @@ class _Group:
         safe = math.ceil(self.total / room) if room > 0 else self.n
         return min(self.n, safe if safe > k else 2 * k)
 
+    def fits(self, k: int, parts: int, max_requests: int, max_bytes: int) -> bool:
+        """Whether ``k`` chunks dealt over ``parts`` runs are sure to respect both limits."""
+        per_chunk = math.ceil(self.n / k)
+        worst = min(self.total / k + (2 * parts - 1) * self.largest, per_chunk * self.largest)
+        return per_chunk <= max_requests and worst <= max_bytes
 
-def _ranked(pending: DataFrame, attempt_col: str) -> DataFrame:
-    """Sorted, numbered per partition, deduplicated, and pinned by a local checkpoint."""
-    from pyspark import StorageLevel
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every writer task needs: parts, and per group its chunks and rank offsets."""
+
+    parts: int
+    ks: dict[int, int]  # attempt -> chunks
+    bases: dict[int, int]  # attempt -> global index of its first chunk
+    offsets: dict[int, list[int]]  # attempt -> rank of the first row of each part
+    keys: tuple[str, ...]  # chunk keys, by global chunk index
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+
+def _rows(pending: DataFrame, attempt_col: str) -> DataFrame:
+    """The columns packing needs, each line measured (its size is the file's truth)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.types import LongType, StructField, StructType
 
     attempt = F.lit(1)
     if attempt_col in pending.columns:
         attempt = F.coalesce(F.col(attempt_col).cast("int"), F.lit(1))
-    rows = pending.select(
+    return pending.where(F.col(LINE).isNotNull()).select(
         F.col(HASH),
         F.col(LINE),
-        (F.octet_length(LINE) + 1).cast("long").alias(_SIZE),  # measured here: the file's truth
+        (F.octet_length(LINE) + 1).cast("long").alias(_SIZE),
         attempt.alias(_GROUP),
-    ).where(F.col(LINE).isNotNull())
-    ordered = rows.orderBy(F.col(_GROUP), F.col(_SIZE).desc(), F.col(HASH))
-    ordered = ordered.withColumn(_PART, F.spark_partition_id())
-    schema = StructType([*ordered.schema.fields, StructField(_INDEX, LongType(), False)])
-    numbered = ordered.mapInArrow(_number_rows, schema)
-    # Pinning matters: a recomputed range sort may sample other bounds and move rows between
-    # partitions, which would silently change every rank. A lost block fails the job instead.
-    return numbered.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
+        F.pmod(F.xxhash64(HASH), F.lit(FINE_PARTS)).cast("int").alias(_FINE),
+    )
 
 
-def _number_rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Number one sorted partition's rows 0, 1, ..., skipping a hash equal to the previous one."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    previous: str | None = None
-    next_index = 0
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        hashes = batch.column(HASH)
-        before = pa.concat_arrays(
-            [pa.array([previous], hashes.type), hashes.slice(0, len(hashes) - 1)]
-        )
-        keep = pc.fill_null(pc.not_equal(hashes, before), True)
-        kept = batch.filter(keep)
-        previous = hashes[len(hashes) - 1].as_py()
-        index = pa.array(np.arange(next_index, next_index + kept.num_rows, dtype=np.int64))
-        next_index += kept.num_rows
-        yield pa.RecordBatch.from_arrays([*kept.columns, index], [*kept.schema.names, _INDEX])
-
-
-def _groups(ranked: DataFrame) -> tuple[list[int], list[_Group]]:
-    """Per-partition rank offsets and the attempt groups, from one small aggregate."""
+def _measure(rows: DataFrame) -> list[_Group]:
+    """The attempt groups, from one aggregate over the narrow columns (duplicates counted once)."""
     from pyspark.sql import functions as F
 
+    distinct = rows.groupBy(HASH, _GROUP).agg(F.max(_SIZE).alias(_SIZE), F.max(_FINE).alias(_FINE))
     stats = (
-        ranked.groupBy(_PART, _GROUP)
-        .agg(F.count("*").alias("n"), F.sum(_SIZE).alias("total"), F.max(_SIZE).alias("largest"))
+        distinct.groupBy(_GROUP, _FINE)
+        .agg(F.count("*").alias("n"), F.sum(_SIZE).alias("t"), F.max(_SIZE).alias("m"))
         .collect()
     )
-    if not stats:
-        return [], []
-    counts = [0] * (max(int(r[_PART]) for r in stats) + 1)
-    per_group: dict[int, list[int]] = {}
+    groups: dict[int, _Group] = {}
     for row in stats:
-        counts[int(row[_PART])] += int(row["n"])
-        agg = per_group.setdefault(int(row[_GROUP]), [0, 0, 0])
-        agg[0] += int(row["n"])
-        agg[1] += int(row["total"])
-        agg[2] = max(agg[2], int(row["largest"]))
-    offsets = [sum(counts[:i]) for i in range(len(counts))]
-    groups, start = [], 0
-    for attempt in sorted(per_group):  # the sort puts smaller attempts first
-        n, total, largest = per_group[attempt]
-        groups.append(_Group(attempt, start, n, total, largest))
-        start += n
-    return offsets, groups
+        attempt = int(row[_GROUP])
+        group = groups.setdefault(attempt, _Group(attempt, 0, 0, 0, {}))
+        group.n += int(row["n"])
+        group.total += int(row["t"])
+        group.largest = max(group.largest, int(row["m"]))
+        group.fine[int(row[_FINE])] = int(row["n"])
+    return [groups[a] for a in sorted(groups)]
 
 
-def _chunk_column(offsets: list[int], groups: list[_Group], ks: dict[int, int]) -> Column:
-    """The chunk id of each row: snake order over its group's ``K`` chunks, groups side by side."""
-    from pyspark.sql import functions as F
+def _plan(groups: list[_Group], max_requests: int, max_bytes: int, parallelism: int) -> _Plan:
+    """Chunks per group and the number of parts (see the module docstring)."""
+    chunks = sum(g.first_k(max_requests, max_bytes) for g in groups)
+    parts = max(1, min(parallelism, chunks, FINE_PARTS))  # more parts than chunks: only more files
 
-    def lookup(values: dict[int, int]) -> Column:
-        pairs = [F.lit(v) for key, value in values.items() for v in (key, value)]
-        return F.element_at(F.create_map(*pairs), F.col(_GROUP)).cast("long")
+    def fits_soon(group: _Group, p: int) -> bool:
+        k0 = group.first_k(max_requests, max_bytes)
+        return any(group.fits(k, p, max_requests, max_bytes) for k in (k0, min(group.n, k0 + 1)))
 
-    bases, base = {}, 0
+    while parts > 1 and not all(fits_soon(g, parts) for g in groups):
+        parts //= 2
+    ks, bases, offsets, base = {}, {}, {}, 0
     for group in groups:
-        bases[group.attempt] = base
-        base += ks[group.attempt]
-    rank = F.element_at(
-        F.array(*[F.lit(o).cast("long") for o in offsets]), F.col(_PART) + 1
-    ) + F.col(_INDEX)
-    local = rank - lookup({g.attempt: g.start for g in groups})
-    k = lookup(ks)
-    pos, rnd = F.pmod(local, k), F.floor(local / k).cast("long")
-    snake = F.when(F.pmod(rnd, F.lit(2)) == 0, pos).otherwise(k - 1 - pos)
-    return (lookup(bases) + snake).alias(CHUNK)
-
-
-def _plan(
-    ranked: DataFrame, offsets: list[int], groups: list[_Group], max_requests: int, max_bytes: int
-) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
-    """Chunks per group, grown until every chunk fits; returns them and each chunk's (rows, bytes)."""
-    from pyspark.sql import functions as F
-
-    ks = {g.attempt: g.first_k(max_requests, max_bytes) for g in groups}
-    while True:
-        chunk = _chunk_column(offsets, groups, ks)
-        rows = ranked.groupBy(chunk).agg(F.count("*").alias("n"), F.sum(_SIZE).alias("b")).collect()
-        sizes = {int(r[CHUNK]): (int(r["n"]), int(r["b"])) for r in rows}
-        base, grown = 0, False
-        for group in groups:
-            k = ks[group.attempt]
-            fits = all(
-                sizes[c][0] <= max_requests and sizes[c][1] <= max_bytes
-                for c in range(base, base + k)
-            )
-            if not fits:
-                if k >= group.n:
-                    raise SparkLLMBatchError(
-                        f"cannot pack attempt {group.attempt}: a line exceeds max_bytes"
-                    )
-                ks[group.attempt] = group.next_k(k, max_requests, max_bytes)
-                grown = True
-            base += k
-        if not grown:
-            return ks, sizes
-
-
-def _resolve(staging_uri: str) -> str:
-    """The staging directory as executors and providers will open it, created if missing."""
-    import os
-    from urllib.parse import urlparse
-
-    import pyarrow.fs as pafs
-
-    parsed = urlparse(staging_uri)
-    if parsed.scheme == "file":
-        # Spark and catalogs spell local paths "file:/p" (one slash): a path, not a relative name.
-        uri = os.path.abspath(parsed.path)
-    elif parsed.scheme == "dbfs":
-        uri = "/dbfs" + parsed.path  # Databricks mounts DBFS there for plain file access
-    elif "://" in staging_uri:
-        uri = staging_uri.rstrip("/")
-    else:
-        uri = os.path.abspath(staging_uri)  # pyarrow.fs only takes absolute paths
-    fs, base = pafs.FileSystem.from_uri(uri)
-    fs.create_dir(base, recursive=True)
-    return uri
+        k = group.first_k(max_requests, max_bytes)
+        while not group.fits(k, parts, max_requests, max_bytes):
+            if k >= group.n:
+                raise SparkLLMBatchError(
+                    f"cannot pack attempt {group.attempt}: a line exceeds max_bytes"
+                )
+            k = group.next_k(k, max_requests, max_bytes)
+        ks[group.attempt], bases[group.attempt] = k, base
+        base += k
+        per_part = [0] * parts
+        for fine, n in group.fine.items():
+            per_part[fine % parts] += n
+        offsets[group.attempt] = [sum(per_part[:i]) for i in range(parts)]
+    return _Plan(parts, ks, bases, offsets, tuple(uuid.uuid4().hex for _ in range(base)))
 
 
 @dataclass
 class _OpenChunk:
-    """A chunk file being written by one task."""
+    """A part file being written by one task."""
 
     stream: Any
     temp: str
-    lines: int = 0
-    nbytes: int = 0
+    final: str
 
 
-def _open(fs: Any, path: str, local: bool) -> _OpenChunk:
-    # Local files are written aside and renamed, so a retried task never leaves a half file;
-    # object stores publish an object only when its upload completes.
-    temp = f"{path}.{uuid.uuid4().hex}.tmp" if local else path
-    return _OpenChunk(fs.open_output_stream(temp), temp)
+class _Dealer:
+    """The ``mapInArrow`` function: deal a task's sorted rows to chunks, write them, yield members."""
 
+    def __init__(self, plan: _Plan, staging_uri: str) -> None:
+        self.plan = plan
+        self.staging_uri = staging_uri
 
-def _append_batch(
-    batch: pa.RecordBatch, files: dict[int, _OpenChunk], open_file: Callable[[int], _OpenChunk]
-) -> None:
-    """Append each chunk's lines of ``batch`` to its file (opened on first sight)."""
-    import pyarrow.compute as pc
-
-    chunks, lines = batch.column(CHUNK), batch.column(LINE)
-    for chunk in pc.unique(chunks).to_pylist():
-        selected = pc.filter(lines, pc.equal(chunks, chunk)).to_pylist()
-        data = ("\n".join(selected) + "\n").encode("utf-8")
-        entry = files.get(chunk)
-        if entry is None:
-            entry = files[chunk] = open_file(chunk)
-        entry.stream.write(data)
-        entry.lines += len(selected)
-        entry.nbytes += len(data)
-
-
-def _writer(
-    staging_uri: str, keys: Sequence[str]
-) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The ``mapInArrow`` function that writes every chunk of a partition to ``<key>.jsonl``."""
-
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import pyarrow as pa
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.fs as pafs
 
-        fs, base = pafs.FileSystem.from_uri(staging_uri)
+        fs, base = pafs.FileSystem.from_uri(self.staging_uri)
         local = isinstance(fs, pafs.LocalFileSystem)
-        files: dict[int, _OpenChunk] = {}
-        for batch in batches:
-            _append_batch(
-                batch, files, lambda chunk: _open(fs, f"{base}/{keys[chunk]}.jsonl", local)
-            )
-        for chunk, entry in files.items():
-            entry.stream.close()
+        files: dict[tuple[int, int], _OpenChunk] = {}
+        state: dict[str, Any] = {"last": None, "run": None, "index": 0}
+
+        def open_file(chunk: int, part: int) -> _OpenChunk:
+            folder = f"{base}/{self.plan.keys[chunk]}"
+            fs.create_dir(folder, recursive=True)
+            final = f"{folder}/part-{part:05d}.jsonl"
+            # Local files are written aside and renamed, so a retried task never leaves half a
+            # file; object stores publish an object only when its upload completes.
+            temp = f"{final}.{uuid.uuid4().hex}.tmp" if local else final
+            return _OpenChunk(fs.open_output_stream(temp), temp, final)
+
+        try:
+            for batch in batches:
+                if batch.num_rows:
+                    yield self._deal(batch, state, files, open_file)
+        finally:
+            for entry in files.values():
+                entry.stream.close()
+        for entry in files.values():
             if local:
-                fs.move(entry.temp, f"{base}/{keys[chunk]}.jsonl")
-        yield pa.RecordBatch.from_arrays(
-            [
-                pa.array(list(files), pa.int64()),
-                pa.array([e.lines for e in files.values()], pa.int64()),
-                pa.array([e.nbytes for e in files.values()], pa.int64()),
-            ],
-            [CHUNK, "requests", "nbytes"],
+                fs.move(entry.temp, entry.final)
+
+    def _deal(
+        self,
+        batch: pa.RecordBatch,
+        state: dict[str, Any],
+        files: dict[tuple[int, int], _OpenChunk],
+        open_file: Callable[[int, int], _OpenChunk],
+    ) -> pa.RecordBatch:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        parts = batch.column(_PART).to_numpy(zero_copy_only=False)
+        groups = batch.column(_GROUP).to_numpy(zero_copy_only=False)
+        hashes = batch.column(HASH)
+        # A duplicate (same hash and attempt) sorts right after its twin, possibly across batches.
+        previous = pa.concat_arrays([pa.array([state["last"]], hashes.type), hashes[:-1]])
+        continues = state["run"] == (parts[0], groups[0])
+        same_run = np.concatenate([[continues], _same_as_previous(parts, groups)])
+        equal = pc.fill_null(pc.equal(hashes, previous), False).to_numpy(zero_copy_only=False)
+        keep = ~(equal & same_run)
+        state["last"] = hashes[-1].as_py()
+        kept = batch.filter(pa.array(keep))
+        parts, groups = parts[keep], groups[keep]
+        index = _run_index(parts, groups, state)
+        chunk = self._chunks(parts, groups, index)
+        lines = kept.column(LINE)
+        with_newline = pc.binary_join_element_wise(
+            lines, pa.scalar("", lines.type), pa.scalar("\n", lines.type)
+        )
+        for part, target in sorted(set(zip(parts.tolist(), chunk.tolist(), strict=True))):
+            selected = pc.filter(with_newline, pa.array((parts == part) & (chunk == target)))
+            entry = files.get((target, part))
+            if entry is None:
+                entry = files[(target, part)] = open_file(target, part)
+            entry.stream.write(_utf8_payload(selected))
+        keys = pa.array(self.plan.keys, pa.string())
+        return pa.RecordBatch.from_arrays(
+            [kept.column(HASH), pc.take(keys, pa.array(chunk)), pa.array(groups, pa.int32())],
+            [HASH, "batch_key", "attempt"],
         )
 
-    return write
+    def _chunks(self, parts: np.ndarray, groups: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """Global chunk index of each row: snake order over its group's chunks, by global rank."""
+        import numpy as np
+
+        chunk = np.empty(len(index), dtype=np.int64)
+        for attempt in np.unique(groups).tolist():
+            mask = groups == attempt
+            offsets = np.asarray(self.plan.offsets[attempt], dtype=np.int64)
+            rank = offsets[parts[mask]] + index[mask]
+            k = self.plan.ks[attempt]
+            pos, rnd = rank % k, rank // k
+            chunk[mask] = self.plan.bases[attempt] + np.where(rnd % 2 == 0, pos, k - 1 - pos)
+        return chunk
 
 
-def _write(
-    assigned: DataFrame, staging_uri: str, keys: Sequence[str]
-) -> dict[int, tuple[int, int]]:
-    """Write the chunk files on executors; return each chunk's (lines, bytes) as written."""
-    from pyspark.sql.types import LongType, StructField, StructType
-
-    schema = StructType(
-        [
-            StructField(CHUNK, LongType()),
-            StructField("requests", LongType()),
-            StructField("nbytes", LongType()),
-        ]
-    )
-    # Hash-partitioning on the chunk id puts each chunk's rows in exactly one task: one file each.
-    by_chunk = assigned.select(CHUNK, LINE).repartition(len(keys), CHUNK)
-    rows = by_chunk.mapInArrow(_writer(staging_uri, keys), schema).collect()
-    written: dict[int, tuple[int, int]] = {}
-    for row in rows:
-        if int(row[CHUNK]) in written:
-            raise SparkLLMBatchError(f"chunk {row[CHUNK]} was written by two tasks")
-        written[int(row[CHUNK])] = (int(row["requests"]), int(row["nbytes"]))
-    return written
+def _same_as_previous(parts: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    return (parts[1:] == parts[:-1]) & (groups[1:] == groups[:-1])
 
 
-def _members_schema() -> StructType:
-    from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+def _run_index(parts: np.ndarray, groups: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+    """Each row's index within its (part, attempt) run, continuing the previous batch's run."""
+    import numpy as np
 
-    return StructType(
-        [
-            StructField(HASH, StringType(), False),
-            StructField("batch_key", StringType(), False),
-            StructField("attempt", IntegerType(), False),
-        ]
-    )
+    n = len(parts)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([[True], ~_same_as_previous(parts, groups)])
+    start_at = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    index = np.arange(n, dtype=np.int64) - start_at
+    if state["run"] == (parts[0], groups[0]):
+        first_run = start_at == 0
+        index[first_run] += state["index"]
+    state["index"] = int(index[-1]) + 1
+    state["run"] = (parts[-1], groups[-1])
+    return index
+
+
+def _utf8_payload(strings: pa.Array) -> pa.Buffer:
+    """The concatenated bytes of a string array without nulls (a slice of its data buffer)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if strings.null_count:
+        raise SparkLLMBatchError("a request line to write is null")
+    wide = pa.types.is_large_string(strings.type) or pa.types.is_large_binary(strings.type)
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64 if wide else np.int32)
+    start, end = int(offsets[strings.offset]), int(offsets[strings.offset + len(strings)])
+    return strings.buffers()[2].slice(start, end - start)
+
+
+def _dealt(n: int, k: int, i: int) -> int:
+    """How many of ``n`` ranks the snake deal gives chunk ``i`` of ``k``."""
+    rounds, rest = divmod(n, k)
+    last_forward = rounds % 2 == 0  # the partial last round runs 0.. when even, K-1.. when odd
+    extra = i < rest if last_forward else i >= k - rest
+    return rounds + (1 if extra else 0)
+
+
+def _parallelism(spark: SparkSession) -> int:
+    try:
+        return int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
+    except Exception:  # an unset or non-numeric value ("auto" on some platforms)
+        return 8
 
 
 def stage_chunks(
@@ -348,74 +337,90 @@ def stage_chunks(
     max_bytes: int,
     staging_uri: str,
     model: str,
+    record_members: MembersSink,
     attempt_col: str = ATTEMPT,
 ) -> StagedChunks:
-    """Pack pending requests into chunks within both limits and write each chunk as one JSONL file.
+    """Pack pending requests into chunks within both limits and write them to the staging area.
 
     See the module docstring for the algorithm and its guarantee: every chunk holds at most
     ``max_requests`` lines and ``max_bytes`` bytes (newlines included); each attempt group uses at
     most ``max(ceil(N/max_requests), ceil(T/max_bytes)) + 1`` chunks unless its largest line is too
     large a share of ``max_bytes`` for that to be possible; input partitioning never matters. Chunks
-    hold one attempt value each (and the one ``model``). Only metadata reaches the driver.
+    hold one attempt value each (and the one ``model``). Only statistics reach the driver.
 
     Args:
-        spark: the session (used for the empty result).
+        spark: the session.
         pending_df: one row per request to send: ``__llm_hash``, ``__llm_line`` (rows with a null
-            line are ignored) and optionally ``attempt_col``; hashes should be distinct (adjacent
-            duplicates of one hash and attempt are dropped).
+            line are ignored) and optionally ``attempt_col``; a hash that appears more than once
+            with one attempt value is sent once.
         max_requests: the provider's request limit per batch.
         max_bytes: the provider's byte limit per batch input file.
-        staging_uri: a directory (local path or ``pyarrow.fs`` URI) for the chunk files.
+        staging_uri: a directory (local path or ``pyarrow.fs`` URI) for the chunks.
         model: the model every line uses, recorded on each :class:`ChunkRef`.
+        record_members: commits the members frame; it runs the write job, so the members always
+            match the files.
         attempt_col: the column holding each request's attempt number (missing or null: 1).
 
     Returns:
-        The written chunks (``<staging_uri>/<key>.jsonl``, key a fresh uuid4 hex) and the members.
+        The written chunks, each a directory ``<staging_uri>/<key>`` (key a fresh uuid4 hex).
 
     Raises:
         ConfigError: a line is larger than ``max_bytes`` (encode with the same limits).
 
     Example:
         >>> staged = stage_chunks(spark, pending, max_requests=50_000, max_bytes=200 << 20,
-        ...                       staging_uri="/tmp/store/staging", model="gpt-4o-mini")  # doctest: +SKIP
+        ...                       staging_uri="/tmp/store/staging", model="gpt-4o-mini",
+        ...                       record_members=store.append_members)  # doctest: +SKIP
         >>> [(c.requests, c.nbytes) for c in staged.chunks]  # doctest: +SKIP
         [(33334, 10400208), (33333, 10399896), (33333, 10399896)]
     """
     from pyspark.sql import functions as F
 
-    ranked = _ranked(pending_df, attempt_col)
-    offsets, groups = _groups(ranked)
+    rows = _rows(pending_df, attempt_col)
+    groups = _measure(rows)
     if not groups:
-        return StagedChunks([], spark.createDataFrame([], _members_schema()))
+        return StagedChunks()
     too_big = max(g.largest for g in groups)
     if too_big > max_bytes:
         raise ConfigError(
             f"a pending request line takes {too_big} bytes, over max_bytes={max_bytes}: encode "
             "requests with the same limits so that such rows fail as 'too_large'"
         )
-    ks, sizes = _plan(ranked, offsets, groups, max_requests, max_bytes)
-    keys = [uuid.uuid4().hex for _ in sizes]
-    assigned = ranked.select(HASH, LINE, _GROUP, _chunk_column(offsets, groups, ks))
-    uri = _resolve(staging_uri)
-    written = _write(assigned, uri, keys)
-    if written != sizes:
-        raise SparkLLMBatchError(
-            f"chunk files do not match the plan: wrote {written}, planned {sizes}"
-        )
-    attempts = [g.attempt for g in groups for _ in range(ks[g.attempt])]
-    chunks = [
-        ChunkRef(key, f"{uri}/{key}.jsonl", sizes[i][0], sizes[i][1], model, attempts[i])
-        for i, key in enumerate(keys)
-    ]
-    lines = ranked.select(HASH, LINE, F.col(_SIZE).alias(NBYTES))
-    return StagedChunks(chunks, _members(assigned, keys), lines)
-
-
-def _members(assigned: DataFrame, keys: Sequence[str]) -> DataFrame:
-    """``(__llm_hash, batch_key, attempt)``: a pure function of the checkpoint, so it matches the files."""
-    from pyspark.sql import functions as F
-
-    key_of = F.element_at(F.array(*[F.lit(k) for k in keys]), (F.col(CHUNK) + 1).cast("int"))
-    return assigned.select(
-        F.col(HASH), key_of.alias("batch_key"), F.col(_GROUP).cast("int").alias("attempt")
+    plan = _plan(groups, max_requests, max_bytes, _parallelism(spark))
+    uri = resolve_staging(staging_uri)
+    by_part = (
+        rows.withColumn(_PART, F.pmod(F.col(_FINE), F.lit(plan.parts)).cast("int"))
+        .select(HASH, LINE, _SIZE, _GROUP, _PART)
+        .repartition(plan.parts, _PART)
+        .sortWithinPartitions(_PART, _GROUP, F.col(_SIZE).desc(), HASH)
     )
+    members = by_part.mapInArrow(
+        _Dealer(plan, uri), f"`{HASH}` STRING, batch_key STRING, attempt INT"
+    )
+    record_members(members)
+    return StagedChunks(_written(plan, groups, uri, model, max_requests, max_bytes))
+
+
+def _written(
+    plan: _Plan, groups: list[_Group], uri: str, model: str, max_requests: int, max_bytes: int
+) -> list[ChunkRef]:
+    """The chunks as written, checked against the plan (counts) and the limits (bytes)."""
+    chunks = []
+    for group in groups:
+        k, base = plan.ks[group.attempt], plan.bases[group.attempt]
+        written = 0
+        for i in range(k):
+            key = plan.keys[base + i]
+            nbytes = sum(size for _, size in chunk_parts(f"{uri}/{key}"))
+            requests = _dealt(group.n, k, i)
+            if nbytes > max_bytes or requests > max_requests:
+                raise SparkLLMBatchError(
+                    f"chunk {key} breaks a limit: {requests} lines, {nbytes} bytes"
+                )
+            written += nbytes
+            chunks.append(ChunkRef(key, f"{uri}/{key}", requests, nbytes, model, group.attempt))
+        if written != group.total:
+            raise SparkLLMBatchError(
+                f"chunk files of attempt {group.attempt} hold {written} bytes, planned {group.total}"
+            )
+    return chunks

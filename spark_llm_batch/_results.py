@@ -36,7 +36,7 @@ from typing import Any
 
 from spark_llm_batch.config import RetryPolicy
 from spark_llm_batch.errors import redact
-from spark_llm_batch.providers.base import ResultRecord
+from spark_llm_batch.providers.base import ResultRecord, ResultRow
 
 __all__ = [
     "FAILURE_CLASSES",
@@ -44,7 +44,9 @@ __all__ = [
     "RETRYABLE",
     "classify_http_error",
     "openai_record",
+    "openai_row",
     "parse_openai_line",
+    "parse_openai_row",
     "should_retry",
 ]
 
@@ -160,19 +162,66 @@ def parse_openai_line(line: str | bytes) -> ResultRecord:
         >>> (rec.status, rec.error_class)
         ('failed', 'expired')
     """
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"result line is not JSON: {exc}") from None
+    return ResultRecord(*parse_openai_row(line))
+
+
+def parse_openai_row(line: str | bytes) -> ResultRow:
+    """:func:`parse_openai_line` as a plain tuple of :class:`ResultRecord`'s fields, in order.
+
+    What collection uses: a tuple costs a fraction of a frozen dataclass, which matters at a
+    million lines per collection.
+
+    Raises:
+        ValueError: the line is not a JSON object with a ``custom_id``.
+
+    Example:
+        >>> parse_openai_row('{"custom_id":"c1","response":null,"error":{"code":"batch_expired"}}')
+        ('c1', 'failed', None, None, 'expired', 'batch_expired', None, None, None)
+    """
+    obj = _object(line)
+    if obj is None:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"result line is not JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
         raise ValueError("result line has no custom_id")
-    return openai_record(obj)
+    return openai_row(obj)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _object(line: str | bytes) -> Any:
+    """``json.loads(line)`` for the usual line (UTF-8 bytes of an object, no BOM, no padding), else
+    ``None``: the caller then runs ``json.loads``, which raises what it always raised.
+
+    It skips what ``json.loads`` spends on bytes before the C scanner runs (encoding detection,
+    two regex matches for surrounding blanks): a quarter of the decoding time of a result line.
+    """
+    # json.loads decodes bytes starting with "{" and a non-zero byte as UTF-8 (detect_encoding).
+    if not isinstance(line, bytes) or line[:1] != b"{" or line[1:2] == b"\x00":
+        return None
+    try:
+        text = line.decode("utf-8", "surrogatepass")
+        obj, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return None
+    return obj if end == len(text) else None
 
 
 def openai_record(obj: dict[str, Any]) -> ResultRecord:
     """Classify one decoded OpenAI result line (see the module's table)."""
+    return ResultRecord(*openai_row(obj))
+
+
+def openai_row(obj: dict[str, Any]) -> ResultRow:
+    """:func:`openai_record` as a plain tuple (see :func:`parse_openai_row`)."""
     custom_id = obj["custom_id"]
     response = obj.get("response")
+    if isinstance(response, dict) and response.get("status_code") == 200:
+        raw_body = response.get("body")
+        return _answer(custom_id, raw_body if isinstance(raw_body, dict) else {})
     raw_error = obj.get("error")
     error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
     if not isinstance(response, dict):
@@ -184,42 +233,33 @@ def openai_record(obj: dict[str, Any]) -> ResultRecord:
     status = response.get("status_code")
     raw_body = response.get("body")
     body: dict[str, Any] = raw_body if isinstance(raw_body, dict) else {}
-    if status != 200:
-        body_error = body.get("error")
-        err: dict[str, Any] = body_error if isinstance(body_error, dict) else error
-        error_class = classify_http_error(
-            status if isinstance(status, int) else None,
-            _str(err.get("type")),
-            _str(err.get("code")),
-        )
-        message = err.get("message") or f"HTTP {status}"
-        return _failed(custom_id, error_class, message, model=_str(body.get("model")))
-    return _answer(custom_id, body)
+    body_error = body.get("error")
+    err: dict[str, Any] = body_error if isinstance(body_error, dict) else error
+    error_class = classify_http_error(
+        status if isinstance(status, int) else None,
+        _str(err.get("type")),
+        _str(err.get("code")),
+    )
+    message = err.get("message") or f"HTTP {status}"
+    return _failed(custom_id, error_class, message, model=_str(body.get("model")))
 
 
-def _answer(custom_id: str, body: dict[str, Any]) -> ResultRecord:
+def _answer(custom_id: str, body: dict[str, Any]) -> ResultRow:
     """A 200 response: an answer, a refusal, or an empty truncation."""
     text, refusal, finish_reason = _extract(body)
     input_tokens, output_tokens = _usage(body.get("usage"))
-    status, error_class, message = "succeeded", None, None
+    model = body.get("model")
+    model = model if isinstance(model, str) else None
     if refusal is not None or finish_reason == "content_filter":
-        finish_reason = finish_reason or "content_filter"
-        status, error_class = "failed", "refused"
         message = _message(refusal or "the provider's content filter stopped the answer")
-    elif finish_reason == "length" and not text:
-        status, error_class = "failed", "truncated"
+        return (custom_id, "failed", text, finish_reason or "content_filter", "refused", message,
+                input_tokens, output_tokens, model)  # fmt: skip
+    if finish_reason == "length" and not text:
         message = "the answer hit the token limit before any text was produced: raise max_tokens"
-    return ResultRecord(
-        custom_id,
-        status,
-        text=text,
-        finish_reason=finish_reason,
-        error_class=error_class,
-        error_message=message,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        model=_str(body.get("model")),
-    )
+        return (custom_id, "failed", text, finish_reason, "truncated", message,
+                input_tokens, output_tokens, model)  # fmt: skip
+    return (custom_id, "succeeded", text, finish_reason, None, None,
+            input_tokens, output_tokens, model)  # fmt: skip
 
 
 def _extract(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
@@ -227,10 +267,16 @@ def _extract(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
     choices = body.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]
-        finish = _str(choice.get("finish_reason"))
+        finish = choice.get("finish_reason")
+        finish = finish if isinstance(finish, str) else None
         message = choice.get("message")
         if isinstance(message, dict):  # /v1/chat/completions
-            return _str(message.get("content")), _str(message.get("refusal")) or None, finish
+            content, refusal = message.get("content"), message.get("refusal")
+            return (
+                content if isinstance(content, str) else None,
+                refusal if isinstance(refusal, str) and refusal else None,
+                finish,
+            )
         return _str(choice.get("text")), None, finish  # /v1/completions
     output = body.get("output")
     if isinstance(output, list):  # /v1/responses
@@ -274,10 +320,8 @@ def _usage(usage: Any) -> tuple[int | None, int | None]:
 
 def _failed(
     custom_id: str, error_class: str, message: Any, *, model: str | None = None
-) -> ResultRecord:
-    return ResultRecord(
-        custom_id, "failed", error_class=error_class, error_message=_message(message), model=model
-    )
+) -> ResultRow:
+    return (custom_id, "failed", None, None, error_class, _message(message), None, None, model)
 
 
 def _message(message: Any) -> str:

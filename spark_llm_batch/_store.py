@@ -10,7 +10,8 @@ Public surface (used by ``api`` and the orchestrator)::
     store.final_hashes()        -> DataFrame[__llm_hash]                answered for good
     store.inflight_hashes()     -> DataFrame[__llm_hash]                in a batch not yet collected
     store.attempts()            -> DataFrame[__llm_hash, __llm_attempt] last attempt of non-final ones
-    store.record_staged(staged, pending, provider=..., endpoint=...) -> list[BatchRecord]
+    store.append_members(members)   the sink packing commits members through
+    store.record_staged(staged, provider=..., endpoint=...) -> list[BatchRecord]
     store.results_df()          -> DataFrame[__llm_hash, status, text, ..., attempt, final]
     store.progress()            -> Progress (batches by state, requests done / total)
     store.staging_uri           where chunk files are written
@@ -34,6 +35,7 @@ from spark_llm_batch._progress import Progress, summarize
 from spark_llm_batch._store_tables import (
     BATCH_COLUMNS,
     MIGRATIONS,
+    RETIRED_MIGRATIONS,
     TABLES,
     BatchRecord,
     Phase,
@@ -52,10 +54,9 @@ _TERMINAL = [p.value for p in Phase if p.is_terminal]
 
 
 class StagedLike(Protocol):
-    """What ``_pack.stage_chunks`` returns: chunk files plus a members DataFrame."""
+    """What ``_pack.stage_chunks`` returns: the written chunks (their members already committed)."""
 
     chunks: Sequence[ChunkRef]
-    members: DataFrame  # columns: __llm_hash, batch_key, attempt
 
 
 class Store:
@@ -127,7 +128,7 @@ class Store:
         )
         applied = self.applied_migrations()
         known = [m.name for m in MIGRATIONS]
-        unknown = [name for name in applied if name not in known]
+        unknown = [n for n in applied if n not in known and n not in RETIRED_MIGRATIONS]
         if unknown:
             raise StoreError(
                 f"_migrations.name lists {unknown} unknown to this version of spark-llm-batch: the "
@@ -225,44 +226,28 @@ class Store:
         return sorted(records, key=lambda r: (r.attempt, r.key))
 
     def record_staged(
-        self,
-        staged: StagedLike,
-        requests: DataFrame | None = None,
-        *,
-        provider: str,
-        endpoint: str,
+        self, staged: StagedLike, *, provider: str, endpoint: str
     ) -> list[BatchRecord]:
-        """Record freshly staged chunks: requests, then members, then the ``staged`` batch rows.
+        """Record freshly staged chunks: their ``staged`` batch rows, in one commit.
 
-        Write-ahead: members are committed before the batch rows that make them "in flight", and the
-        batch rows before any upload. A crash in between leaves members of no batch: ignored, and
-        their requests are staged again by the next run.
+        Write-ahead: packing committed the members (:meth:`append_members`) before these batch rows
+        make them "in flight", and the batch rows come before any upload. A crash in between leaves
+        members of no batch: ignored, and their requests are staged again by the next run.
 
         Args:
-            staged: ``_pack.stage_chunks`` output (chunk files already written).
-            requests: the staged requests' lines (``__llm_hash``, ``__llm_line``, ``__llm_bytes``),
-                kept for retries; ``None`` when they are already stored (a retry).
+            staged: ``_pack.stage_chunks`` output (chunks written, members committed; the chunk
+                files also keep the lines a retry re-sends, until the batch is collected).
             provider: the provider's registry name.
             endpoint: the provider endpoint every line targets.
 
         Returns:
             The committed ``staged`` records.
         """
-        from pyspark.sql import functions as F
-
         records = [
             BatchRecord.staged(c, provider=provider, endpoint=endpoint) for c in staged.chunks
         ]
         if not records:
             return []
-        if requests is not None:
-            self._append_requests(requests)
-        members = staged.members.select(
-            F.col(C.HASH).alias("hash"),
-            F.col("batch_key"),
-            F.col("attempt").cast("int").alias("attempt"),
-        )
-        self._append("members", members)
         self.append_batches(records)
         for record in records:
             log.info(
@@ -274,15 +259,23 @@ class Store:
         _failpoints.hit("after_stage")
         return records
 
-    def _append_requests(self, requests: DataFrame) -> None:
+    def append_members(self, members: DataFrame) -> None:
+        """Commit ``members`` (``__llm_hash``, ``batch_key``, ``attempt``) in one append.
+
+        Packing passes this as its sink: the append runs the job that writes the chunk files, so
+        the committed members are exactly the written lines. They count as in flight only once
+        :meth:`record_staged` commits their batch rows.
+        """
         from pyspark.sql import functions as F
 
-        lines = requests.select(
-            F.col(C.HASH).alias("hash"),
-            F.col(C.LINE).alias("line"),
-            F.col(C.NBYTES).cast("long").alias("nbytes"),
+        self._append(
+            "members",
+            members.select(
+                F.col(C.HASH).alias("hash"),
+                F.col("batch_key"),
+                F.col("attempt").cast("int").alias("attempt"),
+            ),
         )
-        self._append("requests", lines)
 
     def copy_members(self, old_key: str, new_key: str) -> None:
         """Commit ``old_key``'s members under ``new_key`` (before the new batch's row exists)."""
@@ -330,22 +323,44 @@ class Store:
         """The results table with ``hash`` named ``__llm_hash`` (one row per request hash)."""
         return self.table("results").withColumnRenamed("hash", C.HASH)
 
-    def merge_results(self, source: DataFrame) -> None:
-        """MERGE result rows (results-table columns) into ``results``: one Delta commit.
+    def merge_results(self, source: DataFrame, *, insert_only: bool = False) -> int:
+        """MERGE result rows (results-table columns, one per hash) into ``results``: one commit.
 
         A final row is never overwritten, and an older attempt never overwrites a newer one, so
         merging the same collection twice (a crash during collection) changes nothing.
+
+        Args:
+            source: the rows.
+            insert_only: insert the rows whose hash is not in ``results`` and leave the others
+                alone (``WHEN NOT MATCHED`` only). For rows expected to be new (first attempts):
+                Delta runs it as one pass over the source, which it then neither copies nor reads
+                twice, and it is still a MERGE: a hash present after all is not duplicated.
+
+        Returns:
+            How many rows ``results`` now holds as the source gave them: inserted plus updated.
+            Fewer than the source's rows when some hash was there already and kept its row.
         """
         view = f"llm_batch_results_{uuid.uuid4().hex}"
         source.createOrReplaceTempView(view)
         try:
-            self.spark.sql(
-                f"MERGE INTO {self.table_ref('results')} t USING {view} s ON t.hash = s.hash "
-                "WHEN MATCHED AND NOT t.final AND s.attempt >= t.attempt THEN UPDATE SET * "
-                "WHEN NOT MATCHED THEN INSERT *"
-            )
+            return self._merge_into_results(view, update=not insert_only)
         finally:
             self.spark.catalog.dropTempView(view)
+
+    def _merge_into_results(self, view: str, *, update: bool) -> int:
+        """Run the MERGE from temp view ``view``; return rows inserted plus updated."""
+        matched = (
+            "WHEN MATCHED AND NOT t.final AND s.attempt >= t.attempt THEN UPDATE SET * "
+            if update
+            else ""
+        )
+        metrics = self.spark.sql(
+            f"MERGE INTO {self.table_ref('results')} t USING {view} s ON t.hash = s.hash "
+            f"{matched}WHEN NOT MATCHED THEN INSERT *"
+        ).collect()
+        if not metrics:  # no metrics reported: claim nothing, so callers read the table
+            return -1
+        return int(metrics[0]["num_updated_rows"]) + int(metrics[0]["num_inserted_rows"])
 
     # ---- progress ---------------------------------------------------------------------------------
 

@@ -6,8 +6,6 @@ Tables (Delta; under the store path, or in the store's catalog schema):
 - ``batches``: an append-only event log, one row per transition of a batch. The current state of a
   batch is its row with the highest ``seq``. Columns: see :data:`BATCH_COLUMNS`.
 - ``members(hash, batch_key, attempt)``: which request is in which batch.
-- ``requests(hash, line, nbytes)``: encoded lines, kept so a retry needs no re-read of the input.
-  Append-only; a hash may appear more than once (same content, so readers drop duplicates).
 - ``results``: one row per request hash (MERGE), see :data:`RESULT_COLUMNS`.
 
 Rows of ``batches`` and ``results`` carry ``format_version``; a reader meeting a version newer than
@@ -31,6 +29,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MIGRATIONS",
     "RESULT_COLUMNS",
+    "RETIRED_MIGRATIONS",
     "TABLES",
     "BatchRecord",
     "Migration",
@@ -40,7 +39,7 @@ __all__ = [
 FORMAT_VERSION = 1
 """The row format this code writes and understands."""
 
-TABLES = ("_migrations", "batches", "members", "requests", "results")
+TABLES = ("_migrations", "batches", "members", "results")
 
 
 class Phase(str, enum.Enum):
@@ -122,6 +121,12 @@ class Migration:
     sql: str
 
 
+RETIRED_MIGRATIONS = ("0003_create_requests",)
+"""Migrations of development versions that are no longer applied; a store that lists them opens.
+
+``0003_create_requests`` made a table of request lines for retries; retries now read the lines from
+the batch's staged chunk file, and a store that has the table leaves it untouched."""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "0001_create_batches",
@@ -130,10 +135,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "0002_create_members",
         "CREATE TABLE IF NOT EXISTS {members} (`hash` STRING, `batch_key` STRING, `attempt` INT) USING DELTA",
-    ),
-    Migration(
-        "0003_create_requests",
-        "CREATE TABLE IF NOT EXISTS {requests} (`hash` STRING, `line` STRING, `nbytes` BIGINT) USING DELTA",
     ),
     Migration(
         "0004_create_results",

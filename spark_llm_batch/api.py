@@ -77,10 +77,14 @@ def llm_batch(
     spark = df.sparkSession
     store = Store.open(spark, cfg.store)
 
-    encoded = _encode.encode_requests(df, prompt_col, cfg, provider).persist()
+    encoder = _encode.RequestEncoder.build(spark, provider, cfg)
+    # Persisted without the lines: the output needs only the input, the hash and encode failures;
+    # lines are built (in the JVM) for pending rows only, from the same persisted rows.
+    encoded = encoder.annotate(df, prompt_col).persist()
     try:
         orchestrator = Orchestrator(spark, store, provider, cfg)
-        staged = _stage_pending(encoded, cfg, provider, store, orchestrator)
+        lines = encoder.line_column(encoded[f"`{prompt_col}`"], encoded[C.HASH])
+        staged = _stage_pending(encoded, lines, cfg, provider, store, orchestrator)
         log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
         summary = orchestrator.run()
         log.info("orchestration finished: %s", summary)
@@ -99,7 +103,12 @@ def _resolve_config(config: BatchConfig | None, options: dict[str, Any]) -> Batc
 
 
 def _stage_pending(
-    encoded: DataFrame, cfg: BatchConfig, provider: Any, store: Store, orchestrator: Orchestrator
+    encoded: DataFrame,
+    line: Column,
+    cfg: BatchConfig,
+    provider: Any,
+    store: Store,
+    orchestrator: Orchestrator,
 ) -> list[Any]:
     """Stage every request not yet answered nor in flight; return the staged chunks.
 
@@ -109,8 +118,8 @@ def _stage_pending(
     from pyspark.sql import functions as F
 
     pending = (
-        encoded.where(encoded[C.LINE].isNotNull())
-        .select(C.HASH, C.LINE)
+        encoded.where(encoded[C.ERR_CLASS].isNull())
+        .select(C.HASH, line.alias(C.LINE))
         .join(store.final_hashes(), C.HASH, "left_anti")
         .join(store.inflight_hashes(), C.HASH, "left_anti")
         .join(store.attempts(), C.HASH, "left")
@@ -118,8 +127,7 @@ def _stage_pending(
     pending = pending.withColumn(C.ATTEMPT, F.coalesce(F.col(C.ATTEMPT) + 1, F.lit(1)))
     staged = orchestrator.stage(pending)
     if staged.chunks:
-        # The lines come from the packing checkpoint: recording them re-runs nothing upstream.
-        store.record_staged(staged, staged.requests, provider=provider.name, endpoint=cfg.endpoint)
+        store.record_staged(staged, provider=provider.name, endpoint=cfg.endpoint)
     return list(staged.chunks)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -144,13 +144,20 @@ class Staged:
     """A StagedChunks look-alike."""
 
     chunks: list[ChunkRef]
-    members: DataFrame
 
 
 def stage_rows(
-    spark: SparkSession, rows: list[tuple[str, str, int]], directory: Path, *, per_chunk: int
+    spark: SparkSession,
+    rows: list[tuple[str, str, int]],
+    directory: Path,
+    *,
+    per_chunk: int,
+    record_members: Callable[[DataFrame], None],
 ) -> Staged:
-    """Write (hash, line, attempt) rows into chunk files of ``per_chunk`` lines, one attempt each."""
+    """Write (hash, line, attempt) rows into chunk files of ``per_chunk`` lines, one attempt each.
+
+    The members go through ``record_members`` (a store's ``append_members``), as packing does.
+    """
     chunks, members = [], []
     by_attempt: dict[int, list[tuple[str, str]]] = {}
     for hash_, line, attempt in rows:
@@ -166,15 +173,10 @@ def stage_rows(
                 ChunkRef(key, str(path), len(part), len(data.encode()), "fake-model", attempt)
             )
             members += [(h, key, attempt) for h, _ in part]
-    frame = spark.createDataFrame(members, f"`{C.HASH}` STRING, batch_key STRING, attempt INT")
-    return Staged(chunks, frame)
-
-
-def requests_frame(spark: SparkSession, rows: list[tuple[str, str, int]]) -> DataFrame:
-    """The ``pending`` frame ``record_staged`` stores lines from."""
-    data = [(h, line, len(line.encode()) + 1, a) for h, line, a in rows]
-    schema = f"`{C.HASH}` STRING, `{C.LINE}` STRING, `{C.NBYTES}` BIGINT, `{C.ATTEMPT}` INT"
-    return spark.createDataFrame(data, schema)
+    record_members(
+        spark.createDataFrame(members, f"`{C.HASH}` STRING, batch_key STRING, attempt INT")
+    )
+    return Staged(chunks)
 
 
 def prompts(n: int, prefix: str = "p") -> list[tuple[str, str, int]]:
@@ -191,10 +193,15 @@ class TestStager:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, spark: SparkSession, directory: Path) -> None:
+    def __init__(
+        self, spark: SparkSession, directory: Path, record_members: Callable[[DataFrame], None]
+    ) -> None:
         self.spark, self.directory, self.calls = spark, directory, 0
+        self.record_members = record_members
 
     def __call__(self, frame: DataFrame) -> Staged:
         self.calls += 1
         rows = [(r[C.HASH], r[C.LINE], int(r[C.ATTEMPT])) for r in frame.collect()]
-        return stage_rows(self.spark, rows, self.directory, per_chunk=1000)
+        return stage_rows(
+            self.spark, rows, self.directory, per_chunk=1000, record_members=self.record_members
+        )

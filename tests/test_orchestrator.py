@@ -22,7 +22,6 @@ from tests.orchestrator_fakes import (
     FakeProvider,
     TestStager,
     prompts,
-    requests_frame,
     stage_rows,
 )
 
@@ -45,10 +44,10 @@ def _setup(
 ) -> tuple[Store, list[tuple[str, str, int]]]:
     store = Store.open(spark, str(tmp_path / "store"))
     rows = prompts(n)
-    staged = stage_rows(spark, rows, tmp_path, per_chunk=per_chunk)
-    store.record_staged(
-        staged, requests_frame(spark, rows), provider="fake", endpoint="/v1/chat/completions"
+    staged = stage_rows(
+        spark, rows, tmp_path, per_chunk=per_chunk, record_members=store.append_members
     )
+    store.record_staged(staged, provider="fake", endpoint="/v1/chat/completions")
     return store, rows
 
 
@@ -56,7 +55,9 @@ def _run(
     spark: SparkSession, store: Store, fake: FakeProvider, tmp_path: Path, **overrides: Any
 ) -> RunSummary:
     config = _config(tmp_path / "store", **overrides)
-    return Orchestrator(spark, store, fake, config, restage=TestStager(spark, tmp_path)).run()
+    return Orchestrator(
+        spark, store, fake, config, restage=TestStager(spark, tmp_path, store.append_members)
+    ).run()
 
 
 def _results(store: Store) -> dict[str, dict[str, Any]]:

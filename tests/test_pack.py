@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from spark_llm_batch import _columns as C
-from spark_llm_batch._pack import StagedChunks, _Group, _resolve, stage_chunks
+from spark_llm_batch._chunk_files import chunk_parts, open_chunk, resolve_staging
+from spark_llm_batch._pack import StagedChunks, _dealt, _Group, stage_chunks
 from spark_llm_batch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,8 +52,19 @@ def _expected(
     }
 
 
+class _Members:
+    """A members sink that keeps the committed rows (packing's single write job runs here)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, int]] = []
+
+    def __call__(self, frame: DataFrame) -> None:
+        self.rows += [(r[C.HASH], r["batch_key"], r["attempt"]) for r in frame.collect()]
+
+
 def _check(
     staged: StagedChunks,
+    members: _Members,
     expected: dict[str, tuple[int, int]],
     *,
     max_requests: int,
@@ -63,14 +74,15 @@ def _check(
     """Limits, bound, exactly-once placement, files == refs, members == files."""
     placed: dict[str, str] = {}
     for chunk in staged.chunks:
-        data = Path(chunk.uri).read_bytes()
-        assert len(data) == chunk.nbytes == os.path.getsize(chunk.uri)
+        with open_chunk(chunk.uri) as stream:
+            data = stream.read()
+        assert len(data) == chunk.nbytes == sum(size for _, size in chunk_parts(chunk.uri))
         assert data.endswith(b"\n")
         assert not data.endswith(b"\n\n")
         lines = data.decode("utf-8").split("\n")[:-1]
         assert len(lines) == chunk.requests <= max_requests
         assert chunk.nbytes <= max_bytes
-        assert chunk.uri.endswith(f"/{chunk.key}.jsonl")
+        assert chunk.uri.endswith(f"/{chunk.key}")
         for line in lines:
             custom_id = json.loads(line)["custom_id"]
             assert custom_id not in placed
@@ -78,36 +90,51 @@ def _check(
             placed[custom_id] = chunk.key
     assert set(placed) == set(expected)
     attempts = {c.key: c.attempt for c in staged.chunks}
-    members = {r[C.HASH]: (r["batch_key"], r["attempt"]) for r in staged.members.collect()}
-    assert members == {h: (k, attempts[k]) for h, k in placed.items()}
+    assert len(members.rows) == len(placed)
+    assert {h: (k, a) for h, k, a in members.rows} == {
+        h: (k, attempts[k]) for h, k in placed.items()
+    }
     for attempt in set(attempts.values()):
         group = [v[0] for v in expected.values() if v[1] == attempt]
         bound = max(math.ceil(len(group) / max_requests), math.ceil(sum(group) / max_bytes))
         assert sum(1 for a in attempts.values() if a == attempt) <= bound + slack
 
 
-def _stage(pending: DataFrame, tmp_path: Path, max_requests: int, max_bytes: int) -> StagedChunks:
-    return stage_chunks(
+def _stage(
+    pending: DataFrame, tmp_path: Path, max_requests: int, max_bytes: int
+) -> tuple[StagedChunks, _Members]:
+    members = _Members()
+    staged = stage_chunks(
         pending.sparkSession,
         pending,
         max_requests=max_requests,
         max_bytes=max_bytes,
         staging_uri=str(tmp_path / "staging"),
         model="m",
+        record_members=members,
     )
+    return staged, members
 
 
 def test_one_partition_count_bound(spark: SparkSession, tmp_path: Path) -> None:
     pending = _pending(spark, 1000, "id % 37").coalesce(1)
-    staged = _stage(pending, tmp_path, 64, 10**9)  # count-bound: ceil(1000 / 64) = 16 chunks
-    _check(staged, _expected(1000, lambda i: i % 37), max_requests=64, max_bytes=10**9)
+    staged, members = _stage(
+        pending, tmp_path, 64, 10**9
+    )  # count-bound: ceil(1000 / 64) = 16 chunks
+    _check(staged, members, _expected(1000, lambda i: i % 37), max_requests=64, max_bytes=10**9)
     assert len(staged.chunks) == 16
 
 
 def test_400_partitions_byte_bound(spark: SparkSession, tmp_path: Path) -> None:
     pending = _pending(spark, 2000, "20 + id % 50").repartition(400)
-    staged = _stage(pending, tmp_path, 10_000, 12_000)
-    _check(staged, _expected(2000, lambda i: 20 + i % 50), max_requests=10_000, max_bytes=12_000)
+    staged, members = _stage(pending, tmp_path, 10_000, 12_000)
+    _check(
+        staged,
+        members,
+        _expected(2000, lambda i: 20 + i % 50),
+        max_requests=10_000,
+        max_bytes=12_000,
+    )
 
 
 def test_skewed_partitions(spark: SparkSession, tmp_path: Path) -> None:
@@ -115,38 +142,40 @@ def test_skewed_partitions(spark: SparkSession, tmp_path: Path) -> None:
 
     skew = F.when(F.col("id") < 2700, F.lit(0)).otherwise(F.col("id"))  # 90 % in one partition
     pending = _pending(spark, 3000, "id % 101").repartition(8, skew)
-    staged = _stage(pending, tmp_path, 250, 60_000)
-    _check(staged, _expected(3000, lambda i: i % 101), max_requests=250, max_bytes=60_000)
+    staged, members = _stage(pending, tmp_path, 250, 60_000)
+    _check(staged, members, _expected(3000, lambda i: i % 101), max_requests=250, max_bytes=60_000)
 
 
 def test_mixed_tiny_and_big_lines(spark: SparkSession, tmp_path: Path) -> None:
     # Half the lines 59 bytes, half 1.3 KB, interleaved across 5 partitions; both limits bind.
     pending = _pending(spark, 2000, "CASE WHEN id % 2 = 0 THEN 1 ELSE 1200 END").repartition(5)
-    staged = _stage(pending, tmp_path, 200, 100_000)
+    staged, members = _stage(pending, tmp_path, 200, 100_000)
     expected = _expected(2000, lambda i: 1 if i % 2 == 0 else 1200)
-    _check(staged, expected, max_requests=200, max_bytes=100_000)
+    _check(staged, members, expected, max_requests=200, max_bytes=100_000)
 
 
 def test_attempt_groups_and_duplicates(spark: SparkSession, tmp_path: Path) -> None:
     pending = _pending(spark, 900, "id % 13", attempt="CAST(1 + id % 3 AS INT)")
     doubled = pending.unionByName(pending.where("id < 50")).repartition(4)  # 50 repeated hashes
-    staged = _stage(doubled, tmp_path, 100, 10**6)
+    staged, members = _stage(doubled, tmp_path, 100, 10**6)
     expected = _expected(900, lambda i: i % 13, lambda i: 1 + i % 3)
-    _check(staged, expected, max_requests=100, max_bytes=10**6)
+    _check(staged, members, expected, max_requests=100, max_bytes=10**6)
     assert sorted({c.attempt for c in staged.chunks}) == [1, 2, 3]
 
 
 def test_lines_too_big_to_pair_still_fit(spark: SparkSession, tmp_path: Path) -> None:
     # Every line is over half the byte limit: no two fit together, so the bound cannot hold.
-    staged = _stage(_pending(spark, 12, "600"), tmp_path, 100, 1000)
-    _check(staged, _expected(12, lambda i: 600), max_requests=100, max_bytes=1000, slack=10**6)
+    staged, members = _stage(_pending(spark, 12, "600"), tmp_path, 100, 1000)
+    _check(
+        staged, members, _expected(12, lambda i: 600), max_requests=100, max_bytes=1000, slack=10**6
+    )
     assert len(staged.chunks) == 12
 
 
 def test_empty_and_oversized_input(spark: SparkSession, tmp_path: Path) -> None:
-    staged = _stage(_pending(spark, 10, "5").where("id < 0"), tmp_path, 10, 1000)
+    staged, members = _stage(_pending(spark, 10, "5").where("id < 0"), tmp_path, 10, 1000)
     assert staged.chunks == []
-    assert staged.members.count() == 0
+    assert members.rows == []
     with pytest.raises(ConfigError, match="max_bytes"):
         _stage(_pending(spark, 10, "5000"), tmp_path, 10, 1000)
 
@@ -159,6 +188,32 @@ def _snake_max(sizes: list[int], k: int) -> int:
     return max(bins)
 
 
+def _snake_bins(ranked: list[int], k: int) -> list[int]:
+    bins = [0] * k
+    for rank, size in enumerate(ranked):
+        pos, rnd = rank % k, rank // k
+        bins[pos if rnd % 2 == 0 else k - 1 - pos] += size
+    return bins
+
+
+def test_snake_over_descending_runs_and_counts() -> None:
+    # Packing ranks P parts one after the other, each sorted by size: P descending runs.
+    rng = random.Random(11)
+    for _ in range(300):
+        runs = [
+            sorted((rng.choice([1, 3, 40, 400]) for _ in range(rng.randint(0, 80))), reverse=True)
+            for _ in range(rng.randint(1, 6))
+        ]
+        ranked = [size for run in runs for size in run]
+        if not ranked:
+            continue
+        k = rng.randint(1, len(ranked))
+        bins = _snake_bins(ranked, k)
+        assert max(bins) <= sum(ranked) / k + (2 * len(runs) - 1) * max(ranked)
+        counts = _snake_bins([1] * len(ranked), k)
+        assert counts == [_dealt(len(ranked), k, i) for i in range(k)]
+
+
 def test_snake_bound_and_growth() -> None:
     rng = random.Random(7)
     for _ in range(300):
@@ -168,7 +223,7 @@ def test_snake_bound_and_growth() -> None:
         k = rng.randint(1, len(sizes))
         assert _snake_max(sizes, k) <= sum(sizes) / k + max(sizes)
     # K0, then K0 + 1, then the K the bound proves sufficient, then doubling, never past N.
-    group = _Group(attempt=1, start=0, n=1000, total=500_000, largest=60_000)
+    group = _Group(attempt=1, n=1000, total=500_000, largest=60_000, fine={})
     first = group.first_k(100, 100_000)
     assert first == 10
     assert group.next_k(first, 100, 100_000) == 11
@@ -184,6 +239,6 @@ def test_staging_uri_spellings_name_the_same_local_directory(
     # Catalog schemas report locations as "file:/p": that is /p, not a folder named "file:" here.
     monkeypatch.chdir(tmp_path)
     target = tmp_path / "warehouse" / "_llm_staging"
-    assert _resolve(spelling.format(target)) == str(target)
+    assert resolve_staging(spelling.format(target)) == str(target)
     assert target.is_dir()
     assert not (tmp_path / "file:").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import astuple
 from typing import Any
 
 import pytest
@@ -287,3 +288,43 @@ def test_split_lines_only_on_newline() -> None:
 def test_module_is_pure() -> None:
     # The parser must run on executors without the SDK: nothing in _results imports it.
     assert "openai" not in _results.__dict__
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        _chat("Paris."),
+        _chat(None, finish="length"),
+        _chat("partial", finish="content_filter"),
+        _chat(None, finish="stop", refusal="No."),
+        _http_error(429, None, None),
+        _http_error(400, "invalid_request_error", None, "x" * 3000),
+        _non_http("batch_expired"),
+    ],
+)
+def test_rows_hold_the_records_fields(line: str) -> None:
+    # Collection reads rows; everything else reads records: both must say the same.
+    record = parse_openai_line(line)
+    assert _results.parse_openai_row(line) == astuple(record)
+    assert _results.parse_openai_row(line.encode()) == astuple(record)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"\xef\xbb\xbf" + _chat("bom").encode(),  # json.loads strips a UTF-8 BOM
+        b"  " + _chat("leading blanks").encode(),
+        _chat("trailing blanks").encode() + b" \t",
+        _chat("caf\u00e9 \U0001f600", finish="length").encode(),
+    ],
+)
+def test_byte_lines_parse_as_json_loads_would(line: bytes) -> None:
+    assert parse_openai_line(line) == _results.openai_record(json.loads(line))
+
+
+@pytest.mark.parametrize(
+    "line", [_chat("x").encode() + b"}", b'{"custom_id": "c", "a": "\xff"}', b"{" + b"\x00" * 4]
+)
+def test_bad_byte_lines_raise_value_error(line: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - JSON, encoding and shape errors alike
+        parse_openai_line(line)

@@ -12,7 +12,7 @@ from spark_llm_batch._store import Store
 from spark_llm_batch._store_tables import MIGRATIONS, BatchRecord, Phase
 from spark_llm_batch.errors import ConfigError, StoreError
 from spark_llm_batch.providers.base import ChunkRef
-from tests.orchestrator_fakes import prompts, requests_frame, stage_rows
+from tests.orchestrator_fakes import prompts, stage_rows
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -97,10 +97,8 @@ def test_record_staged_writes_members_before_batches_and_feeds_the_anti_join(
     spark: SparkSession, store: Store, tmp_path: Path
 ) -> None:
     rows = prompts(5)
-    staged = stage_rows(spark, rows, tmp_path, per_chunk=2)
-    records = store.record_staged(
-        staged, requests_frame(spark, rows), provider="fake", endpoint=ENDPOINT
-    )
+    staged = stage_rows(spark, rows, tmp_path, per_chunk=2, record_members=store.append_members)
+    records = store.record_staged(staged, provider="fake", endpoint=ENDPOINT)
     assert len(records) == 3
     # Write-ahead: members' commit precedes the batch rows that put them in flight.
     members_time = (
@@ -118,7 +116,6 @@ def test_record_staged_writes_members_before_batches_and_feeds_the_anti_join(
     assert members_time[0] <= batches_time[0]
     inflight = {r[C.HASH] for r in store.inflight_hashes().collect()}
     assert inflight == {h for h, _, _ in rows}
-    assert store.table("requests").count() == 5
     # Collected batches no longer hold their members in flight.
     store.append_batches([r.to(Phase.COLLECTED) for r in records])
     assert store.inflight_hashes().count() == 0
@@ -130,11 +127,20 @@ def test_record_staged_writes_members_before_batches_and_feeds_the_anti_join(
 def test_members_without_a_batch_row_are_not_in_flight(
     spark: SparkSession, store: Store, tmp_path: Path
 ) -> None:
-    staged = stage_rows(spark, prompts(2), tmp_path, per_chunk=2)
     # A crash between the members commit and the batches commit leaves orphans: ignored.
+    stage_rows(spark, prompts(2), tmp_path, per_chunk=2, record_members=store.append_members)
     store.copy_members("nothing", "nothing-either")
-    staged.members.selectExpr(f"`{C.HASH}` AS hash", "batch_key", "attempt").write.format(
-        "delta"
-    ).mode("append").save(f"{store.location}/members")
     assert store.inflight_hashes().count() == 0
     assert store.progress().requests_total == 0
+
+
+def test_a_store_that_applied_a_retired_migration_still_opens(
+    spark: SparkSession, store: Store
+) -> None:
+    rows = spark.createDataFrame(
+        [("0003_create_requests", 2, None)], "name STRING, ordinal INT, applied_at TIMESTAMP"
+    )
+    rows.write.format("delta").mode("append").save(f"{store.location}/_migrations")
+    again = Store.open(spark, store.location)
+    assert "0003_create_requests" in again.applied_migrations()
+    assert not (Path(store.location) / "requests").exists()  # new stores do not create it

@@ -4,7 +4,8 @@ The orchestrator, the store and the encoder are provider-neutral; they speak in 
 below. A provider has two halves:
 
 - the data plane, run on executors: ``request_body`` / ``request_line`` turn a prompt into one line of a
-  chunk file, and ``iter_results`` streams a finished batch's results as :class:`ResultRecord` values;
+  chunk file, and ``iter_results`` streams a finished batch's results as :class:`ResultRecord` values
+  (``iter_result_rows``: the same as plain tuples, what collection reads);
 - the control plane, run on the driver: ``upload``, ``create``, ``find``, ``retrieve``, ``cancel``.
 
 OpenAI uploads a chunk as a file, then creates a batch from the file id, and tags the batch with our key
@@ -20,8 +21,9 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any, ClassVar, TypeAlias
 
 from spark_llm_batch.config import BatchConfig, ProviderSettings
 
@@ -31,6 +33,7 @@ __all__ = [
     "Provider",
     "ProviderBatch",
     "ResultRecord",
+    "ResultRow",
 ]
 
 
@@ -133,6 +136,14 @@ class ResultRecord:
     model: str | None = None
 
 
+ResultRow: TypeAlias = tuple[
+    str, str, str | None, str | None, str | None, str | None, int | None, int | None, str | None
+]
+"""A :class:`ResultRecord` as a plain tuple of its fields, in declaration order (``custom_id`` first)."""
+
+_AS_ROW = attrgetter(*(f.name for f in fields(ResultRecord)))
+
+
 @dataclass
 class Provider(ABC):
     """A provider's batch API. Subclasses register themselves in ``providers.REGISTRY``."""
@@ -141,6 +152,8 @@ class Provider(ABC):
     name: ClassVar[str]
     default_max_requests: ClassVar[int]
     default_max_bytes: ClassVar[int]
+    line_id_path: ClassVar[str] = "$.custom_id"
+    """Where a request line (``request_line``) carries its custom id, as a JSON path."""
     _client: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -170,6 +183,14 @@ class Provider(ABC):
     @abstractmethod
     def iter_results(self, batch: ProviderBatch) -> Iterator[ResultRecord]:
         """Stream the results of an ended batch, never holding a whole file in memory."""
+
+    def iter_result_rows(self, batch: ProviderBatch) -> Iterator[ResultRow]:
+        """:meth:`iter_results` as :data:`ResultRow` tuples: what collection reads.
+
+        Providers may override it to skip building a dataclass per line (a million per
+        collection); a row holds the fields of the record ``iter_results`` would yield, in order.
+        """
+        return map(_AS_ROW, self.iter_results(batch))
 
     # ---- control plane (driver) -------------------------------------------------------------------
 

@@ -23,11 +23,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import SecretStr
 
 from spark_llm_batch import _results
+from spark_llm_batch._chunk_files import open_chunk
 from spark_llm_batch._retry import RetrySettings, call_with_retry, parse_retry_after
 from spark_llm_batch.config import BatchConfig
 from spark_llm_batch.errors import AuthenticationError, ConfigError, ProviderError, redact
@@ -37,6 +38,7 @@ from spark_llm_batch.providers.base import (
     Provider,
     ProviderBatch,
     ResultRecord,
+    ResultRow,
 )
 
 __all__ = ["OpenAIProvider"]
@@ -121,10 +123,16 @@ class OpenAIProvider(Provider):
 
         A line that does not parse is logged and skipped: its request surfaces as ``missing``.
         """
+        for row in self.iter_result_rows(batch):
+            yield ResultRecord(*row)
+
+    def iter_result_rows(self, batch: ProviderBatch) -> Iterator[ResultRow]:
+        """:meth:`iter_results` as plain tuples (what collection reads; no dataclass per line)."""
+        parse = _results.parse_openai_row
         for file_id in batch.result_refs:
             for raw in self._stream_lines(file_id):
                 try:
-                    yield _results.parse_openai_line(raw)
+                    yield parse(raw)
                 except ValueError as exc:
                     log.warning(
                         "skipping unreadable line in %s of %s: %s", file_id, batch.batch_id, exc
@@ -154,7 +162,7 @@ class OpenAIProvider(Provider):
         client = self._sdk()
 
         def attempt() -> str:
-            with open_input(chunk.uri) as stream:
+            with open_chunk(chunk.uri) as stream:
                 upload = (f"{chunk.key}.jsonl", stream, "application/jsonl")
                 file = client.files.create(file=upload, purpose="batch")
             return str(file.id)
@@ -323,17 +331,6 @@ def normalise_batch(batch: Any) -> ProviderBatch:
         created_at=float(batch.created_at) if batch.created_at is not None else None,
         raw_status=raw,
     )
-
-
-def open_input(uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
-    """Open a chunk file for streaming: a local path, or any URI ``pyarrow.fs`` understands."""
-    if "://" not in uri:
-        return open(uri, "rb")
-    import pyarrow.fs
-
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
-    # A random-access file: the SDK can seek back to 0 to resend it on a retry.
-    return filesystem.open_input_file(path)
 
 
 def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
