@@ -175,7 +175,7 @@ class RequestEncoder:
         # Trimming is costly: only a prompt that starts with whitespace can be blank.
         first = F.substring(prompt, 1, 1)
         blank = (first == "") | (
-            first.isin(*_WHITESPACE) & (F.length(F.trim(prompt, F.lit(_WHITESPACE))) == 0)
+            first.isin(*_WHITESPACE) & (F.length(F.btrim(prompt, F.lit(_WHITESPACE))) == 0)
         )
         too_large = nbytes > self.max_bytes
         limit = f" bytes, over the batch limit of {self.max_bytes} bytes (limits.max_bytes)"
