@@ -41,7 +41,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline_bench import _MASTER, _SPARK_CONF, _load, _write_input
+from bench.pipeline_bench import (
+    _MASTER,
+    _SPARK_CONF,
+    _load,
+    _write_input,
+    children_of,
+    process_table,
+)
 
 __all__ = ["run"]
 
@@ -149,26 +156,14 @@ def _tree_cpu(skip: int | None = None) -> float:
     """CPU-seconds used so far by this process and its descendants (the JVM, Python workers),
     but not by process ``skip`` and its own (the emulator: the provider's work, the same for
     both paths)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        # utime, stime, and the same for reaped children (workers that exited)
-        times[int(entry)] = sum(int(f) for f in fields[11:15]) / tick
+    table = process_table()
+    children = children_of(table)
     total, todo = 0.0, [os.getpid()]
     while todo:
         pid = todo.pop()
         if pid == skip:
             continue
-        total += times.get(pid, 0.0)
+        total += table[pid][2] if pid in table else 0.0
         todo += children.get(pid, [])
     return total
 

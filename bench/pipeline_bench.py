@@ -64,10 +64,10 @@ def _vm_hwm_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def _java_pid() -> int | None:
-    """The JVM started by this process's Spark session: a descendant process named java."""
-    children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
+def process_table() -> dict[int, tuple[str, int, float]]:
+    """Every process: pid -> (name, parent pid, CPU-seconds incl. reaped children), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[str, int, float]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -77,14 +77,29 @@ def _java_pid() -> int | None:
         except OSError:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-        names[int(entry)] = name
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[1] is the parent; utime, stime and the same for reaped children follow at 11-14
+        table[int(entry)] = (name, int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
+    return table
+
+
+def children_of(table: dict[int, tuple[str, int, float]]) -> dict[int, list[int]]:
+    """Parent pid -> its children, for the processes of ``table``."""
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    return children
+
+
+def _java_pid() -> int | None:
+    """The JVM started by this process's Spark session: a descendant process named java."""
+    table = process_table()
+    children = children_of(table)
     todo = [os.getpid()]
     while todo:
         pid = todo.pop()
         for child in children.get(pid, []):
-            if names.get(child) == "java":
+            if table[child][0] == "java":
                 return child
             todo.append(child)
     return None
