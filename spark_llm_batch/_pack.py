@@ -4,7 +4,8 @@ The algorithm runs on executors in two Spark jobs; only per-part statistics reac
 
 1. Measure (narrow columns only). Each request gets a fine part, ``pmod(xxhash64(hash), 1024)``.
    Requests are de-duplicated on ``(hash, attempt)`` and counted per fine part and attempt: rows,
-   bytes (the line's UTF-8 size plus its newline) and the largest line.
+   bytes (the line's UTF-8 size plus its newline, given by the caller as ``__llm_bytes`` so that
+   no line is built here, or measured) and the largest line.
 2. Plan (driver). Within one attempt group of ``N`` requests and ``T`` bytes, ``K`` starts at
    ``K0 = max(ceil(N/max_requests), ceil(T/max_bytes))``. The fine parts are folded into ``P`` parts
    (``fine % P``), ``P`` as large as the byte room allows (below). Each part's rows are ranked by
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from spark_llm_batch._chunk_files import chunk_parts, resolve_staging
-from spark_llm_batch._columns import ATTEMPT, HASH, LINE
+from spark_llm_batch._columns import ATTEMPT, HASH, LINE, NBYTES
 from spark_llm_batch.errors import ConfigError, SparkLLMBatchError
 from spark_llm_batch.providers.base import ChunkRef
 
@@ -114,16 +115,21 @@ class _Plan:
 
 
 def _rows(pending: DataFrame, attempt_col: str) -> DataFrame:
-    """The columns packing needs, each line measured (its size is the file's truth)."""
+    """The columns packing needs, each line's size taken from ``NBYTES`` when given (measuring
+    then needs no line: the write job builds them once), else measured."""
     from pyspark.sql import functions as F
 
     attempt = F.lit(1)
     if attempt_col in pending.columns:
         attempt = F.coalesce(F.col(attempt_col).cast("int"), F.lit(1))
-    return pending.where(F.col(LINE).isNotNull()).select(
+    size = (F.octet_length(LINE) + 1).cast("long")
+    present = F.col(LINE).isNotNull()
+    if NBYTES in pending.columns:
+        size, present = F.col(NBYTES).cast("long"), F.col(NBYTES).isNotNull()
+    return pending.where(present).select(
         F.col(HASH),
         F.col(LINE),
-        (F.octet_length(LINE) + 1).cast("long").alias(_SIZE),
+        size.alias(_SIZE),
         attempt.alias(_GROUP),
         F.pmod(F.xxhash64(HASH), F.lit(FINE_PARTS)).cast("int").alias(_FINE),
     )
@@ -351,8 +357,10 @@ def stage_chunks(
     Args:
         spark: the session.
         pending_df: one row per request to send: ``__llm_hash``, ``__llm_line`` (rows with a null
-            line are ignored) and optionally ``attempt_col``; a hash that appears more than once
-            with one attempt value is sent once.
+            line are ignored) and optionally ``attempt_col`` and ``__llm_bytes``, the line's UTF-8
+            size plus its newline (then rows with null bytes are ignored; a wrong size fails the
+            written-bytes check); a hash that appears more than once with one attempt value is
+            sent once.
         max_requests: the provider's request limit per batch.
         max_bytes: the provider's byte limit per batch input file.
         staging_uri: a directory (local path or ``pyarrow.fs`` URI) for the chunks.

@@ -119,7 +119,7 @@ def _stage_pending(
 
     pending = (
         encoded.where(encoded[C.ERR_CLASS].isNull())
-        .select(C.HASH, line.alias(C.LINE))
+        .select(C.HASH, C.NBYTES, line.alias(C.LINE))
         .join(store.final_hashes(), C.HASH, "left_anti")
         .join(store.inflight_hashes(), C.HASH, "left_anti")
         .join(store.attempts(), C.HASH, "left")

@@ -180,6 +180,24 @@ def test_empty_and_oversized_input(spark: SparkSession, tmp_path: Path) -> None:
         _stage(_pending(spark, 10, "5000"), tmp_path, 10, 1000)
 
 
+def test_sizes_measured_without_nbytes_and_a_wrong_nbytes_is_caught(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from pyspark.sql import functions as F
+
+    from spark_llm_batch.errors import SparkLLMBatchError
+
+    pending = _pending(spark, 300, "id % 29").repartition(3)
+    staged, members = _stage(pending.drop(C.NBYTES), tmp_path / "measured", 64, 4000)
+    _check(staged, members, _expected(300, lambda i: i % 29), max_requests=64, max_bytes=4000)
+    # A caller's size one byte short for some lines: the files disagree with the plan.
+    wrong = pending.withColumn(
+        C.NBYTES, F.when(F.col("id") % 7 == 0, F.col(C.NBYTES) - 1).otherwise(F.col(C.NBYTES))
+    )
+    with pytest.raises(SparkLLMBatchError, match="planned"):
+        _stage(wrong, tmp_path / "wrong", 64, 4000)
+
+
 def _snake_max(sizes: list[int], k: int) -> int:
     bins = [0] * k
     for rank, size in enumerate(sorted(sizes, reverse=True)):
