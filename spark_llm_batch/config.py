@@ -152,7 +152,7 @@ class RetryPolicy(_Strict):
 class PollPolicy(_Strict):
     """How the driver polls provider batches: exponential backoff between bounds."""
 
-    initial_seconds: float = Field(default=5.0, gt=0, description="First wait after a submit.")
+    initial_seconds: float = Field(default=1.0, gt=0, description="First wait after a submit.")
     max_seconds: float = Field(default=300.0, gt=0, description="Longest wait between two polls.")
     multiplier: float = Field(default=1.5, ge=1.0, description="Backoff growth per idle poll.")
     progress_seconds: float = Field(
