@@ -277,11 +277,13 @@ def collect_batches(
     *,
     retry: RetryPolicy,
     failed_whole: dict[str, str] | None = None,
+    resumed: bool = False,
 ) -> Outcomes:
     """Read the results of ended batches on executors and MERGE them into ``results``.
 
-    One commit, but two when first attempts meet their own rows in ``results`` (re-collecting
-    after a crash: the insert-only MERGE, then the full one; running both again changes nothing).
+    One commit. First attempts go in with an insert-only MERGE unless ``resumed``; should one
+    meet its own row in ``results`` anyway, the full MERGE follows (a second commit; running
+    both again changes nothing).
 
     Args:
         store: the store.
@@ -290,6 +292,9 @@ def collect_batches(
         retry: decides which failed rows stay open (``final`` false) for another attempt.
         failed_whole: batch key -> the provider's message, for batches that failed as a whole:
             their members are recorded ``batch_failed`` without reading any result.
+        resumed: some of ``records`` were already ended when the run started, so a collection
+            that crashed before its ``collected`` commit may have stored their rows: the full
+            MERGE is used from the start (one pass instead of two).
 
     Returns:
         The outcome of every batch of ``records``, as :func:`batch_outcomes` counts it once the
@@ -302,7 +307,8 @@ def collect_batches(
     now = dt.datetime.now(dt.timezone.utc)
     reports = f"{store.staging_uri.rstrip('/')}/_collect-{uuid.uuid4().hex}"
     try:
-        outcomes = _fast_path(store, records, _Job(provider, specs, retry, reports), now)
+        job = _Job(provider, specs, retry, reports)
+        outcomes = _fast_path(store, records, job, now, insert_only=not resumed)
     finally:
         _remove(reports)
     if outcomes is not None:
@@ -314,13 +320,14 @@ def collect_batches(
 
 
 def _fast_path(
-    store: Store, records: Sequence[BatchRecord], job: _Job, now: dt.datetime
+    store: Store, records: Sequence[BatchRecord], job: _Job, now: dt.datetime, *, insert_only: bool
 ) -> Outcomes | None:
-    """MERGE one row per member, as read; ``None`` when one row per member did not hold (the
-    tasks stopped the MERGE before its commit)."""
+    """MERGE one row per member, as read (insert-only for first attempts when ``insert_only``);
+    ``None`` when one row per member did not hold (the tasks stopped the MERGE before its
+    commit)."""
     keys = [r.key for r in records]
     source = _rows(_members(store, records, check=True), job, now)
-    first = all(r.attempt == 1 for r in records)
+    first = insert_only and all(r.attempt == 1 for r in records)
     try:
         applied = store.merge_results(source, insert_only=first)
     except Exception as exc:  # its type depends on Spark's flavour (classic, Connect)

@@ -97,6 +97,7 @@ class Orchestrator(EndedPhase):
         self._reconcile: set[str] = set()  # ``creating`` keys whose batch may exist already
         self._requeues: dict[str, int] = {}
         self._ended_since: dict[str, float] = {}  # key -> clock time it was first seen ended
+        self._resumed_ended: set[str] = set()  # keys loaded already ended (see _load)
         self._observed_due = 0.0  # clock time from which in-progress observations are committed
         self._seen_state: dict[str, str] = {}  # key -> provider state last logged
         self._cap = config.max_in_flight
@@ -140,6 +141,8 @@ class Orchestrator(EndedPhase):
             self._records[record.key] = record
             if record.state is Phase.CREATING:
                 self._reconcile.add(record.key)  # a crash may have hit between create and commit
+            if record.state is Phase.ENDED:
+                self._resumed_ended.add(record.key)  # its collection may have committed already
             log.info("batch %s: resuming from %s", record.key, record.state.value)
 
     def _active(self) -> bool:

@@ -61,6 +61,7 @@ class EndedPhase:
     _records: dict[str, BatchRecord]
     _requeues: dict[str, int]
     _ended_since: dict[str, float]
+    _resumed_ended: set[str]
     _clock: Callable[[], float]
     _cap: int
     _queue_full: int
@@ -122,7 +123,12 @@ class EndedPhase:
 
     def _collect(self, records: list[BatchRecord], failed_whole: dict[str, str]) -> None:
         outcomes = collect_batches(
-            self.store, self.provider, records, retry=self.config.retry, failed_whole=failed_whole
+            self.store,
+            self.provider,
+            records,
+            retry=self.config.retry,
+            failed_whole=failed_whole,
+            resumed=any(r.key in self._resumed_ended for r in records),
         )
         _failpoints.hit("during_collect")
         needing = [r for r in records if outcomes[r.key][2] > 0]

@@ -225,6 +225,34 @@ def test_recollecting_changes_nothing_and_keeps_final_rows(
     assert (h3["status"], h3["attempt"]) == ("failed", 1)
 
 
+def test_a_resumed_collection_runs_one_full_merge(spark: SparkSession, store: Store) -> None:
+    _members(spark, store, [("h1", "a", 1), ("h2", "a", 1), ("h3", "b", 1)])
+    scripts = {"a": [_ok("h1"), _bad("h2")], "b": [_bad("h3", "invalid_request")]}
+    provider = ScriptedProvider(ProviderSettings(api_key="sk-test-000000"), scripts=scripts)
+    records = [_ended("a"), _ended("b")]
+    first = _collect_and_check(store, provider, records)
+    before_rows = sorted(map(tuple, store.table("results").drop("updated_at").collect()))
+    merges: list[bool] = []
+    real_merge = Store.merge_results
+
+    def spy(self: Store, source: Any, *, insert_only: bool = False) -> int:
+        merges.append(insert_only)
+        return real_merge(self, source, insert_only=insert_only)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Store, "merge_results", spy)
+        # Not resumed: the insert-only MERGE finds the rows there, then the full one runs.
+        collect_batches(store, provider, records, retry=RETRY)
+        assert merges == [True, False]
+        merges.clear()
+        # Resumed (the batches were ended when the run started): one full MERGE.
+        again = collect_batches(store, provider, records, retry=RETRY, resumed=True)
+        assert merges == [False]
+    assert again == first
+    after_rows = sorted(map(tuple, store.table("results").drop("updated_at").collect()))
+    assert after_rows == before_rows
+
+
 def test_collecting_into_a_store_holding_other_results_merges(
     spark: SparkSession, store: Store
 ) -> None:

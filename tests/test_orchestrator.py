@@ -120,6 +120,34 @@ def test_crash_after_create_is_adopted_not_created_again(
     _assert_all_answered(store, rows)
 
 
+def test_a_crash_after_the_merge_is_collected_again_with_one_full_merge(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from spark_llm_batch import _orchestrator_ended
+
+    store, rows = _setup(spark, tmp_path, n=4, per_chunk=2)
+    fake = FakeProvider.build()
+    calls: list[bool] = []
+    real = _orchestrator_ended.collect_batches
+
+    def crashing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["resumed"])
+        outcomes = real(*args, **kwargs)
+        if len(calls) == 1:
+            raise Crash("after the MERGE commit, before collected")
+        return outcomes
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_orchestrator_ended, "collect_batches", crashing)
+        with pytest.raises(Crash):
+            _run(spark, store, fake, tmp_path)
+        assert {r.state for r in store.current_batches(provider="fake")} == {Phase.ENDED}
+        summary = _run(spark, store, fake, tmp_path)
+    assert calls == [False, True]  # the second run knows the batches were ended before it began
+    assert (summary.created, summary.collected) == (0, 2)
+    _assert_all_answered(store, rows)
+
+
 @pytest.mark.slow
 def test_crash_before_create_creates_once(spark: SparkSession, tmp_path: Path) -> None:
     store, rows = _setup(spark, tmp_path, n=2, per_chunk=2)
