@@ -6,32 +6,23 @@ The algorithm runs on executors in two Spark jobs; only per-part statistics reac
    Requests are de-duplicated on ``(hash, attempt)`` and counted per fine part and attempt: rows,
    bytes (the line's UTF-8 size plus its newline, given by the caller as ``__llm_bytes`` so that
    no line is built here, or measured) and the largest line.
-2. Plan (driver). Within one attempt group of ``N`` requests and ``T`` bytes, ``K`` starts at
-   ``K0 = max(ceil(N/max_requests), ceil(T/max_bytes))``. The fine parts are folded into ``P`` parts
-   (``fine % P``), ``P`` as large as the byte room allows (below). Each part's rows are ranked by
-   ``(size desc, hash)`` after the rows of the parts before it, so ranks ``0..N-1`` are a bijection
-   fixed by the data alone; rank ``r`` goes to chunk ``snake(r)`` (``0..K-1``, then ``K-1..0``, ...).
-   Every chunk then holds ``floor(N/K)`` or ``ceil(N/K)`` requests, and at most
-   ``T/K + (2P - 1) * s_max`` bytes (``s_max``: the largest line): a chunk gets one line per round
-   of ``K`` ranks, no larger than the previous round's average inside a descending run, and each of
-   the ``P - 1`` run boundaries can break that for two rounds. ``P`` is the largest value (up to
-   the shuffle parallelism) for which that bound fits at ``K0`` or ``K0 + 1``; ``K`` grows only when
-   even ``P = 1`` does not fit.
+2. Plan (driver, ``_pack_plan``). Per attempt group, ``K`` chunks and ``P`` parts (the fine parts
+   folded as ``fine % P``), chosen so that both limits are sure to hold when each part's rows,
+   ranked by ``(size desc, hash)`` after the rows of the parts before it, are dealt in snake order
+   (rank ``r`` to chunk ``0..K-1``, then ``K-1..0``, ...).
 3. Write (one job, the full lines). Rows are shuffled by part and sorted within it; each task deals
    its parts' rows (dropping duplicates, adjacent after the sort) and streams every chunk's lines to
    ``<staging>/<key>/part-<p>.jsonl`` through ``pyarrow.fs``; its output rows are the members
    (``hash``, ``batch_key``, ``attempt``), which the caller commits in the same job. No row passes
    through the driver. The written bytes are checked against the plan.
 
-Guarantee: both limits always hold, and a group uses at most ``K0 + 1`` chunks whenever
-``s_max <= max_bytes - T/(K0 + 1)`` (true for any line under 9 MB for a 20-batch job at OpenAI's
-200 MB), for any input partitioning. No packer can promise ``K0 + 1`` for arbitrary sizes (100 lines
-of 51 bytes under a 100-byte limit need 100 chunks, not 52); there the count grows as needed.
+Guarantee (the bound and its proof: ``_pack_plan``): both limits always hold, and a group uses at
+most one chunk more than its limits require unless its largest line is too large a share of the
+byte limit, for any input partitioning.
 """
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from spark_llm_batch._chunk_files import chunk_parts, resolve_staging
 from spark_llm_batch._columns import ATTEMPT, HASH, LINE, NBYTES
+from spark_llm_batch._pack_plan import FINE_PARTS, _dealt, _Group, _Plan, _plan
 from spark_llm_batch.errors import ConfigError, SparkLLMBatchError
 from spark_llm_batch.providers.base import ChunkRef
 
@@ -47,10 +39,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["FINE_PARTS", "StagedChunks", "stage_chunks"]
-
-FINE_PARTS = 1024
-"""Fine parts measured per attempt group; packing folds them into at most this many parts."""
+__all__ = ["StagedChunks", "stage_chunks"]
 
 _SIZE = "__llm_pack_size"
 _GROUP = "__llm_pack_attempt"
@@ -70,48 +59,6 @@ class StagedChunks:
     """
 
     chunks: Sequence[ChunkRef] = field(default_factory=list)
-
-
-@dataclass
-class _Group:
-    """One attempt value's requests: the unit that is packed."""
-
-    attempt: int
-    n: int
-    total: int
-    largest: int
-    fine: dict[int, int]  # rows per fine part
-
-    def first_k(self, max_requests: int, max_bytes: int) -> int:
-        return max(1, math.ceil(self.n / max_requests), math.ceil(self.total / max_bytes))
-
-    def next_k(self, k: int, max_requests: int, max_bytes: int) -> int:
-        if k == self.first_k(max_requests, max_bytes):
-            return min(self.n, k + 1)
-        room = max_bytes - self.largest
-        safe = math.ceil(self.total / room) if room > 0 else self.n
-        return min(self.n, safe if safe > k else 2 * k)
-
-    def fits(self, k: int, parts: int, max_requests: int, max_bytes: int) -> bool:
-        """Whether ``k`` chunks dealt over ``parts`` runs are sure to respect both limits."""
-        per_chunk = math.ceil(self.n / k)
-        worst = min(self.total / k + (2 * parts - 1) * self.largest, per_chunk * self.largest)
-        return per_chunk <= max_requests and worst <= max_bytes
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What every writer task needs: parts, and per group its chunks and rank offsets."""
-
-    parts: int
-    ks: dict[int, int]  # attempt -> chunks
-    bases: dict[int, int]  # attempt -> global index of its first chunk
-    offsets: dict[int, list[int]]  # attempt -> rank of the first row of each part
-    keys: tuple[str, ...]  # chunk keys, by global chunk index
-
-    @property
-    def size(self) -> int:
-        return len(self.keys)
 
 
 def _rows(pending: DataFrame, attempt_col: str) -> DataFrame:
@@ -154,35 +101,6 @@ def _measure(rows: DataFrame) -> list[_Group]:
         group.largest = max(group.largest, int(row["m"]))
         group.fine[int(row[_FINE])] = int(row["n"])
     return [groups[a] for a in sorted(groups)]
-
-
-def _plan(groups: list[_Group], max_requests: int, max_bytes: int, parallelism: int) -> _Plan:
-    """Chunks per group and the number of parts (see the module docstring)."""
-    chunks = sum(g.first_k(max_requests, max_bytes) for g in groups)
-    parts = max(1, min(parallelism, chunks, FINE_PARTS))  # more parts than chunks: only more files
-
-    def fits_soon(group: _Group, p: int) -> bool:
-        k0 = group.first_k(max_requests, max_bytes)
-        return any(group.fits(k, p, max_requests, max_bytes) for k in (k0, min(group.n, k0 + 1)))
-
-    while parts > 1 and not all(fits_soon(g, parts) for g in groups):
-        parts //= 2
-    ks, bases, offsets, base = {}, {}, {}, 0
-    for group in groups:
-        k = group.first_k(max_requests, max_bytes)
-        while not group.fits(k, parts, max_requests, max_bytes):
-            if k >= group.n:
-                raise SparkLLMBatchError(
-                    f"cannot pack attempt {group.attempt}: a line exceeds max_bytes"
-                )
-            k = group.next_k(k, max_requests, max_bytes)
-        ks[group.attempt], bases[group.attempt] = k, base
-        base += k
-        per_part = [0] * parts
-        for fine, n in group.fine.items():
-            per_part[fine % parts] += n
-        offsets[group.attempt] = [sum(per_part[:i]) for i in range(parts)]
-    return _Plan(parts, ks, bases, offsets, tuple(uuid.uuid4().hex for _ in range(base)))
 
 
 @dataclass
@@ -320,14 +238,6 @@ def _utf8_payload(strings: pa.Array) -> pa.Buffer:
     return strings.buffers()[2].slice(start, end - start)
 
 
-def _dealt(n: int, k: int, i: int) -> int:
-    """How many of ``n`` ranks the snake deal gives chunk ``i`` of ``k``."""
-    rounds, rest = divmod(n, k)
-    last_forward = rounds % 2 == 0  # the partial last round runs 0.. when even, K-1.. when odd
-    extra = i < rest if last_forward else i >= k - rest
-    return rounds + (1 if extra else 0)
-
-
 def _parallelism(spark: SparkSession) -> int:
     try:
         return int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
@@ -348,11 +258,12 @@ def stage_chunks(
 ) -> StagedChunks:
     """Pack pending requests into chunks within both limits and write them to the staging area.
 
-    See the module docstring for the algorithm and its guarantee: every chunk holds at most
-    ``max_requests`` lines and ``max_bytes`` bytes (newlines included); each attempt group uses at
-    most ``max(ceil(N/max_requests), ceil(T/max_bytes)) + 1`` chunks unless its largest line is too
-    large a share of ``max_bytes`` for that to be possible; input partitioning never matters. Chunks
-    hold one attempt value each (and the one ``model``). Only statistics reach the driver.
+    See the module docstring for the algorithm and ``_pack_plan``'s for its guarantee: every chunk
+    holds at most ``max_requests`` lines and ``max_bytes`` bytes (newlines included); each attempt
+    group uses at most ``max(ceil(N/max_requests), ceil(T/max_bytes)) + 1`` chunks unless its
+    largest line is too large a share of ``max_bytes`` for that to be possible; input partitioning
+    never matters. Chunks hold one attempt value each (and the one ``model``). Only statistics reach
+    the driver.
 
     Args:
         spark: the session.

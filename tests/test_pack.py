@@ -14,7 +14,8 @@ import pytest
 
 from spark_llm_batch import _columns as C
 from spark_llm_batch._chunk_files import chunk_parts, open_chunk, resolve_staging
-from spark_llm_batch._pack import StagedChunks, _dealt, _Group, stage_chunks
+from spark_llm_batch._pack import StagedChunks, stage_chunks
+from spark_llm_batch._pack_plan import _dealt, _Group
 from spark_llm_batch.errors import ConfigError
 
 if TYPE_CHECKING:
