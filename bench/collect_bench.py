@@ -41,14 +41,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline_bench import (
-    _MASTER,
-    _SPARK_CONF,
-    _load,
-    _write_input,
-    children_of,
-    process_table,
-)
+from bench._proc import children_of, process_table
+from bench.pipeline_bench import _MASTER, _SPARK_CONF, _load, _write_input
 
 __all__ = ["run"]
 

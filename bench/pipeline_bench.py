@@ -40,6 +40,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench._proc import cpu_seconds, java_pid, vm_hwm_mb
 from bench.provider_floor import provider_floor
 
 __all__ = ["run"]
@@ -61,56 +62,6 @@ _PHASES = (  # (log message prefix, phase that ends there)
 
 
 # ---- worker (one fresh process per size) --------------------------------------------------------
-
-
-def _vm_hwm_mb(pid: int | str = "self") -> float:
-    """Peak resident set size (``VmHWM``) of process ``pid``, in MB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def process_table() -> dict[int, tuple[str, int, float]]:
-    """Every process: pid -> (name, parent pid, CPU-seconds incl. reaped children), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    table: dict[int, tuple[str, int, float]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        # fields[1] is the parent; utime, stime and the same for reaped children follow at 11-14
-        table[int(entry)] = (name, int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
-    return table
-
-
-def children_of(table: dict[int, tuple[str, int, float]]) -> dict[int, list[int]]:
-    """Parent pid -> its children, for the processes of ``table``."""
-    children: dict[int, list[int]] = {}
-    for pid, (_, ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    return children
-
-
-def _java_pid() -> int | None:
-    """The JVM started by this process's Spark session: a descendant process named java."""
-    table = process_table()
-    children = children_of(table)
-    todo = [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            if table[child][0] == "java":
-                return child
-            todo.append(child)
-    return None
 
 
 class _PhaseClock(logging.Handler):
@@ -200,7 +151,7 @@ def _warm_up(spark: Any, work: Path, rows: int, base_url: str) -> None:
     spark_llm_batch.llm_batch(
         df, "prompt", model=_MODEL, store=str(work / "warm_store"), output=str(work / "warm_out")
     )
-    _ledger_counts(base_url)
+    _clear_ledger(base_url)
     for name in ("warm_input", "warm_plain", "warm_store", "warm_out"):
         shutil.rmtree(work / name, ignore_errors=True)
 
@@ -227,9 +178,9 @@ def worker(args: argparse.Namespace) -> None:
     plain, ours, emulator_cpu = [], [], []
     for i in range(args.repeats):
         plain.append(_plain(spark, source, str(work / f"plain_{i}")))
-        cpu = _cpu_seconds(args.emulator_pid)
+        cpu = cpu_seconds(args.emulator_pid)
         run = _ours(spark, source, str(work / f"store_{i}"), str(work / f"output_{i}"), clock)
-        emulator_cpu.append(_cpu_seconds(args.emulator_pid) - cpu)
+        emulator_cpu.append(cpu_seconds(args.emulator_pid) - cpu)
         ours.append(run)
         print(
             f"[{args.rows} rows, repeat {i + 1}] plain {plain[-1]:.1f} s, "
@@ -240,12 +191,15 @@ def worker(args: argparse.Namespace) -> None:
         )
         _check(spark, source, str(work / f"output_{i}"))
         shutil.rmtree(work / f"plain_{i}", ignore_errors=True)
+    java = java_pid()
+    # Peaks first: the ledger check and the floor below hold far more in this process than
+    # llm_batch's driver does.
+    driver_peak, jvm_peak = vm_hwm_mb(), vm_hwm_mb(java) if java else float("nan")
     _check_ledger(args.base_url, args.rows, args.repeats)
     floor = None
     if args.floor:
         floor = provider_floor(spark, source, work, _MODEL)
-        _ledger_counts(args.base_url)
-    java = _java_pid()
+        _clear_ledger(args.base_url)
     result = {
         "rows": args.rows,
         "plain": plain,
@@ -254,8 +208,8 @@ def worker(args: argparse.Namespace) -> None:
         "phases": {k: statistics.median(r["phases"][k] for r in ours) for k in ours[0]["phases"]},
         "emulator_cpu_per_run": statistics.median(emulator_cpu),
         "floor": floor,
-        "driver_peak_mb": _vm_hwm_mb(),
-        "jvm_peak_mb": _vm_hwm_mb(java) if java else float("nan"),
+        "driver_peak_mb": driver_peak,
+        "jvm_peak_mb": jvm_peak,
         "input_mb": sum(f.stat().st_size for f in Path(source).glob("*.parquet")) / 2**20,
     }
     spark.stop()
@@ -287,23 +241,21 @@ def _start_emulator() -> tuple[subprocess.Popen[str], str]:
 
 
 def _ledger_counts(base_url: str) -> dict[str, int]:
+    """custom_id -> times billed, from the emulator's ledger (then cleared)."""
     root = base_url.removesuffix("/v1")
     with urllib.request.urlopen(f"{root}/_emulator/ledger", timeout=600) as response:
         entries = json.load(response)["data"]
     counts: dict[str, int] = {}
     for entry in entries:
         counts[entry["custom_id"]] = counts.get(entry["custom_id"], 0) + 1
-    urllib.request.urlopen(
-        urllib.request.Request(f"{root}/_emulator/ledger", method="DELETE"), timeout=60
-    ).close()
+    _clear_ledger(base_url)
     return counts
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _clear_ledger(base_url: str) -> None:
+    root = base_url.removesuffix("/v1")
+    request = urllib.request.Request(f"{root}/_emulator/ledger", method="DELETE")
+    urllib.request.urlopen(request, timeout=60).close()
 
 
 def _measure(
