@@ -3,7 +3,8 @@
 A chunk is one future provider batch. Packing writes it as a directory ``<staging>/<key>/`` of part
 files (``part-<n>.jsonl``, one per packing task that holds some of its lines); the chunk's content is
 the concatenation of its parts in name order. A chunk may also be a single JSONL file (tests and
-hand-made chunks); every function here takes either.
+hand-made chunks); every function here takes either. Chunks are deleted once their batch is
+collected; :func:`sweep_orphans` removes those a crashed run left behind.
 
 Paths are spelt as ``pyarrow.fs`` opens them: absolute local paths, ``/dbfs/...`` for DBFS, or URIs
 (``s3://...``); :func:`spark_path` gives the spelling Spark's readers need.
@@ -12,12 +13,26 @@ Paths are spelt as ``pyarrow.fs`` opens them: absolute local paths, ``/dbfs/...`
 from __future__ import annotations
 
 import io
+import logging
+import re
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
-__all__ = ["chunk_parts", "delete_chunk", "open_chunk", "resolve_staging", "spark_path"]
+__all__ = [
+    "ORPHAN_AGE_SECONDS",
+    "chunk_parts",
+    "delete_chunk",
+    "open_chunk",
+    "resolve_staging",
+    "spark_path",
+    "sweep_orphans",
+]
+
+log = logging.getLogger("spark_llm_batch")
 
 
 def resolve_staging(staging_uri: str) -> str:
@@ -148,3 +163,65 @@ def delete_chunk(uri: str) -> None:
         fs.delete_dir(path)
     elif info.type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+ORPHAN_AGE_SECONDS = 24 * 3600.0
+"""How old an unreferenced staging entry must be before :func:`sweep_orphans` removes it."""
+
+_SWEPT = re.compile(r"(_collect-)?[0-9a-f]{32}")  # chunk directories, collection report folders
+
+
+def sweep_orphans(
+    staging_uri: str,
+    live_names: Callable[[], set[str]],
+    *,
+    older_than: float = ORPHAN_AGE_SECONDS,
+    now: float | None = None,
+) -> list[str]:
+    """Remove what crashed runs left in the staging area; return the names removed.
+
+    A crash between packing's write job and the commit of its batch rows leaves chunk directories no
+    batch names, and a crash during collection leaves its ``_collect-*`` report folder. Entries
+    named like those, last modified more than ``older_than`` seconds ago and not in
+    ``live_names()`` (the chunk names of batches not yet collected: called only when some entry is
+    old enough) are deleted; anything else in the folder is left alone. Best effort: an entry that
+    cannot be removed is logged and kept.
+    """
+    import pyarrow.fs as pafs
+
+    cutoff = (time.time() if now is None else now) - older_than
+    try:
+        fs, base = _filesystem(resolve_staging(staging_uri))
+        entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except OSError as exc:
+        log.debug("staging %s not swept: %s", staging_uri, exc)
+        return []
+    old = [
+        e
+        for e in entries
+        if _SWEPT.fullmatch(e.base_name) and e.mtime is not None and e.mtime.timestamp() < cutoff
+    ]
+    if not old:
+        return []
+    live = live_names()
+    removed = []
+    for entry in old:
+        if entry.base_name in live:
+            continue
+        try:
+            if entry.type == pafs.FileType.Directory:
+                fs.delete_dir(entry.path)
+            else:
+                fs.delete_file(entry.path)
+        except OSError as exc:
+            log.debug("staging entry %s not removed: %s", entry.path, exc)
+            continue
+        removed.append(entry.base_name)
+    if removed:
+        log.info(
+            "staging %s: removed %d entr%s left by crashed runs",
+            staging_uri,
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+        )
+    return removed

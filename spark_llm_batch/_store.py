@@ -225,6 +225,10 @@ class Store:
             records.append(BatchRecord.from_row(values))
         return sorted(records, key=lambda r: (r.attempt, r.key))
 
+    def live_chunk_names(self) -> set[str]:
+        """The chunk folder names of every batch not yet collected (any provider, model)."""
+        return {r.uri.rstrip("/").rsplit("/", 1)[-1] for r in self.current_batches() if r.uri}
+
     def record_staged(
         self, staged: StagedLike, *, provider: str, endpoint: str
     ) -> list[BatchRecord]:

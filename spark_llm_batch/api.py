@@ -67,6 +67,7 @@ def llm_batch(
         >>> out.select("id", "llm.text", "llm.status").show()  # doctest: +SKIP
     """
     from spark_llm_batch import _encode, _validate
+    from spark_llm_batch._chunk_files import sweep_orphans
     from spark_llm_batch._orchestrator import Orchestrator
     from spark_llm_batch._store import Store
     from spark_llm_batch.providers import get_provider
@@ -76,6 +77,7 @@ def llm_batch(
     provider = get_provider(cfg)  # resolves credentials: a missing key fails here, before spending
     spark = df.sparkSession
     store = Store.open(spark, cfg.store)
+    sweep_orphans(store.staging_uri, store.live_chunk_names)
 
     encoder = _encode.RequestEncoder.build(spark, provider, cfg)
     # Persisted without the lines: the output needs only the input, the hash and encode failures;

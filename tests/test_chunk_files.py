@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import io
+import os
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from spark_llm_batch._chunk_files import chunk_parts, delete_chunk, open_chunk, spark_path
+from spark_llm_batch._chunk_files import (
+    ORPHAN_AGE_SECONDS,
+    chunk_parts,
+    delete_chunk,
+    open_chunk,
+    spark_path,
+    sweep_orphans,
+)
 
 
 def _chunk(tmp_path: Path) -> tuple[Path, bytes]:
@@ -60,3 +70,36 @@ def test_a_single_file_is_a_chunk_too_and_deleting_is_idempotent(tmp_path: Path)
 )
 def test_spark_path_spellings(uri: str, expected: str) -> None:
     assert spark_path(uri) == expected
+
+
+def test_sweep_removes_only_old_unreferenced_chunks_and_reports(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    old = time.time() - ORPHAN_AGE_SECONDS - 60
+    names = {kind: uuid.uuid4().hex for kind in ("orphan", "live", "fresh")}
+    for name in names.values():
+        (staging / name).mkdir(parents=True)
+        (staging / name / "part-00000.jsonl").write_bytes(b"{}\n")
+    report = staging / f"_collect-{uuid.uuid4().hex}"
+    report.mkdir()
+    (staging / "notes.txt").write_text("not ours")
+    (staging / "Not-A-Key").mkdir()
+    for path in [*(staging / n for n in (names["orphan"], names["live"])), report]:
+        os.utime(path, (old, old))
+    for path in (staging / "notes.txt", staging / "Not-A-Key"):
+        os.utime(path, (old, old))
+    asked: list[bool] = []
+
+    def live() -> set[str]:
+        asked.append(True)
+        return {names["live"]}
+
+    removed = sweep_orphans(str(staging), live)
+    assert sorted(removed) == sorted([names["orphan"], report.name])
+    assert sorted(p.name for p in staging.iterdir()) == sorted(
+        ["notes.txt", "Not-A-Key", names["live"], names["fresh"]]
+    )
+    # Nothing old enough: the store is not even asked which chunks are live.
+    asked.clear()
+    assert sweep_orphans(str(staging), live, older_than=10 * ORPHAN_AGE_SECONDS) == []
+    assert asked == []
+    assert sweep_orphans(str(tmp_path / "missing"), live) == []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,9 +83,17 @@ def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
     answers1 = {r["id"]: r["text"] for r in out1.select("id", "llm.text").collect()}
     assert len(billed_counts(quick_emulator)) == 60
 
+    # A crashed run left a chunk folder no batch names, two days ago: the next run removes it.
+    orphan = tmp_path / "store" / "staging" / uuid.uuid4().hex
+    orphan.mkdir(parents=True)
+    (orphan / "part-00000.jsonl").write_text("{}\n")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(orphan, (two_days_ago, two_days_ago))
+
     out2 = first.llm_batch("prompt", **options)
     assert {r["id"]: r["text"] for r in out2.select("id", "llm.text").collect()} == answers1
     assert len(quick_emulator.ledger()) == 60
+    assert not orphan.exists()
 
     grown = spark.createDataFrame([(i, f"prompt {i}") for i in range(75)], "id long, prompt string")
     out3 = grown.llm_batch("prompt", **options)

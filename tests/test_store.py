@@ -75,6 +75,13 @@ def test_current_state_is_the_highest_seq_and_one_append_holds_many_batches(stor
     assert store.table("batches").count() == 5  # append-only: history kept
 
 
+def test_live_chunk_names_are_the_folders_of_batches_not_yet_collected(store: Store) -> None:
+    a, b, c = _record("a"), _record("b"), _record("c")
+    store.append_batches([a, b, c])
+    store.append_batches([b.to(Phase.COLLECTED), c.to(Phase.ABANDONED, error="re-queued")])
+    assert store.live_chunk_names() == {"a.jsonl"}
+
+
 def test_two_rows_sharing_the_highest_seq_fail_closed(store: Store) -> None:
     a = _record("a")
     store.append_batches([a, a.to(Phase.UPLOADED), a.to(Phase.CREATING)])  # both seq 1
