@@ -185,7 +185,8 @@ def sweep_orphans(
     named like those, last modified more than ``older_than`` seconds ago and not in
     ``live_names()`` (the chunk names of batches not yet collected: called only when some entry is
     old enough) are deleted; anything else in the folder is left alone. Best effort: an entry that
-    cannot be removed is logged and kept.
+    cannot be removed is logged and kept. Object stores give folders no modification time, so
+    there nothing is swept (a lifecycle rule on the staging prefix does that job).
     """
     import pyarrow.fs as pafs
 
