@@ -13,6 +13,8 @@ committed         then (side effect)
 ``creating``      before ``submitted`` is reconciled with ``provider.find(chunk, not_before)`` first
 ``submitted``     the provider batch id → ``provider.retrieve`` (poll with exponential backoff)
 ``ended``         result refs and counts → read results on executors, MERGE into ``results``
+                  (ends seen over several polls share one commit, made right before collection
+                  or once per ``poll.progress_seconds``; a crash before it only means re-polling)
 (results MERGE)   → retries re-staged (members and ``staged`` rows of new batches)
 ``collected``     → best-effort cleanup of the input file and chunk file
 ================  =================================================================================
@@ -98,7 +100,8 @@ class Orchestrator(EndedPhase):
         self._requeues: dict[str, int] = {}
         self._ended_since: dict[str, float] = {}  # key -> clock time it was first seen ended
         self._resumed_ended: set[str] = set()  # keys loaded already ended (see _load)
-        self._observed_due = 0.0  # clock time from which in-progress observations are committed
+        self._held: list[BatchRecord] = []  # adopted, committed with the next commit
+        self._observed_due = 0.0  # clock time from which held events are committed (set by run)
         self._seen_state: dict[str, str] = {}  # key -> provider state last logged
         self._cap = config.max_in_flight
         self._queue_full = 0
@@ -112,6 +115,7 @@ class Orchestrator(EndedPhase):
         policy = self.config.poll
         start = self._clock()
         next_report = start + policy.progress_seconds
+        self._observed_due = start + policy.progress_seconds
         while self._active():
             acted = self._step()
             now = self._clock()
@@ -129,6 +133,7 @@ class Orchestrator(EndedPhase):
                 self.summary.timed_out = True
                 break
             self._sleep(max(0.0, min(self._next_wake(now), next_report) - now))
+        self._flush()  # what is held (in-progress states seen last): the store as seen
         self.summary.progress = summarize(self._records.values())
         log.info("run finished: %s", self.summary.progress)
         return self.summary
@@ -170,10 +175,33 @@ class Orchestrator(EndedPhase):
         return min(dues) if dues else now + self.config.poll.initial_seconds
 
     def _commit(self, events: list[BatchRecord]) -> None:
-        """Append ``events`` in one commit, then adopt them in memory and log each change."""
+        """Append the held events and ``events`` in one commit, then adopt and log ``events``.
+
+        No events: no commit (the held ones wait; :meth:`_flush` stores them alone)."""
         if not events:
             return
-        self.store.append_batches(events)
+        held, self._held = self._held, []
+        self.store.append_batches([*held, *events])
+        self._adopt(events)
+
+    def _flush(self) -> None:
+        """Commit the held events, if any."""
+        if self._held:
+            held, self._held = self._held, []
+            self.store.append_batches(held)
+
+    def _hold_ends(self, events: list[BatchRecord]) -> None:
+        """Adopt ``events`` (ends, in-progress observations) now; commit them with the next commit.
+
+        Nothing depends on an end being stored until its batch is collected, and collection
+        commits first (:meth:`_commit` before the MERGE): batches ending over several poll rounds
+        cost one commit, not one per round. A crash before it only means the next run polls them
+        again and sees them ended.
+        """
+        self._adopt(events)
+        self._held += events
+
+    def _adopt(self, events: list[BatchRecord]) -> None:
         for event in events:
             before = self._records.get(event.key)
             self._records[event.key] = event
@@ -303,16 +331,19 @@ class Orchestrator(EndedPhase):
     # ---- polling ----------------------------------------------------------------------------------
 
     def _poll_due(self) -> bool:
-        """Retrieve every due ``submitted`` batch; commit state changes in one append.
+        """Retrieve every due ``submitted`` batch; adopt what changed and hold it for a commit.
 
-        An end is committed at once (write-ahead: collection follows). A change of the provider's
-        in-progress state (``validating`` -> ``in_progress`` ...) only feeds progress, so it is
-        logged at once but committed with the next end, or at most once per
-        ``poll.progress_seconds``: each commit costs a Delta write.
+        An end is adopted at once and committed with the next commit: at the latest right before
+        its batch is collected (write-ahead: :meth:`_collect_ended` commits first), or once
+        ``poll.progress_seconds`` have passed since the last such commit, so that the store's
+        progress stays that fresh. A change of the provider's in-progress state (``validating`` ->
+        ``in_progress`` ...) only feeds progress: it is logged at once, held with an end or once per
+        ``poll.progress_seconds``, and otherwise observed again later. Each commit costs a Delta
+        write; batches ending over several poll rounds share one.
         """
         now = self._clock()
         due = [r for r in self._in_state(Phase.SUBMITTED) if self._ready(r, now)]
-        events = []
+        ends = []
         observed = []
         for record in due:
             try:
@@ -326,7 +357,7 @@ class Orchestrator(EndedPhase):
                 self._schedule(record.key)
                 continue
             if batch.state.is_terminal:
-                events.append(record.to(Phase.ENDED, **_observed(batch)))
+                ends.append(record.to(Phase.ENDED, **_observed(batch)))
                 continue
             self._schedule(record.key)
             if batch.state.value != record.provider_state:
@@ -336,17 +367,17 @@ class Orchestrator(EndedPhase):
                     log.info("batch %s: provider state %s", record.key, batch.state.value)
         if due:
             _failpoints.hit("while_polling")
-        if observed and (events or now >= self._observed_due):
-            events += observed
+        progress_due = now >= self._observed_due
+        self._hold_ends(ends + (observed if ends or progress_due else []))
+        if self._held and progress_due:
+            self._flush()
             self._observed_due = now + self.config.poll.progress_seconds
-        self._commit(events)
-        ended = any(e.state is Phase.ENDED for e in events)
-        if ended:
+        if ends:
             # Batches submitted together tend to end together: poll the others soon again rather
             # than after their grown backoff, so that ended batches are collected in one round.
             for record in self._in_state(Phase.SUBMITTED):
                 self._schedule(record.key, reset=True)
-        return ended
+        return bool(ends)
 
 
 def _observed(batch: ProviderBatch) -> dict[str, object]:

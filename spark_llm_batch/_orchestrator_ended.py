@@ -73,6 +73,9 @@ class EndedPhase:
     def _commit(self, events: list[BatchRecord]) -> None:
         raise NotImplementedError
 
+    def _flush(self) -> None:
+        raise NotImplementedError
+
     def _shrink(self) -> None:
         raise NotImplementedError
 
@@ -102,6 +105,7 @@ class EndedPhase:
             to_collect.append(record)
         if not to_collect or not (force or self._collect_due(to_collect)):
             return requeued
+        self._flush()  # write-ahead: the held ends are stored before their collection
         self._collect(to_collect, failed_whole)
         for record in to_collect:
             self._ended_since.pop(record.key, None)

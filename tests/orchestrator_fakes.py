@@ -36,7 +36,8 @@ class Crash(BaseException):
 
 @dataclass
 class FakeProvider(Provider):
-    """Batches end after ``polls_to_end`` retrieves with the outcome scripted for their create index.
+    """Batches end after ``polls_to_end`` retrieves (plus ``later[i]`` for the i-th created) with the
+    outcome scripted for their create index.
 
     Outcomes: ``completed``; ``expired`` (the second half of the lines get ``expired``); ``missing``
     (the last line has no result); ``failed`` (validation); ``queue_full`` (token_limit_exceeded).
@@ -47,6 +48,7 @@ class FakeProvider(Provider):
     default_max_bytes: ClassVar[int] = 10**7
     outcomes: dict[int, str] = field(default_factory=dict)
     polls_to_end: int = 1
+    later: dict[int, int] = field(default_factory=dict)  # create index -> extra polls to end
     crash_after_create: bool = False
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     uploads: list[str] = field(default_factory=list)
@@ -76,8 +78,9 @@ class FakeProvider(Provider):
         self.batches[batch_id] = {
             "key": chunk.key, "uri": chunk.uri, "n": chunk.requests, "polls": 0,
             "outcome": self.outcomes.get(index, "completed"), "created_at": time.time(),
+            "to_end": self.polls_to_end + self.later.get(index, 0),
         }  # fmt: skip
-        active = sum(1 for b in self.batches.values() if b["polls"] < self.polls_to_end)
+        active = sum(1 for b in self.batches.values() if b["polls"] < b["to_end"])
         self.max_active = max(self.max_active, active)
         if self.crash_after_create:
             raise Crash(batch_id)
@@ -100,7 +103,7 @@ class FakeProvider(Provider):
 
     def _view(self, batch_id: str) -> ProviderBatch:
         batch = self.batches[batch_id]
-        if batch["polls"] < self.polls_to_end:
+        if batch["polls"] < batch["to_end"]:
             state = BatchState.VALIDATING if batch["polls"] == 0 else BatchState.IN_PROGRESS
             return ProviderBatch(batch_id, state, total=batch["n"], key=batch["key"])
         outcome = batch["outcome"]

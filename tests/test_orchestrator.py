@@ -102,6 +102,39 @@ def test_happy_path_several_batches_respect_the_cap(
     assert len(fake.creates) == 3
 
 
+def test_batches_ending_over_several_polls_share_one_commit_before_collection(
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=9, per_chunk=3)
+    fake = FakeProvider.build(later={1: 3, 2: 6})
+    appended: list[list[Phase]] = []
+    merges_after: list[int] = []
+    real_append, real_merge = Store.append_batches, Store.merge_results
+
+    def append(self: Store, records: Any) -> None:
+        records = list(records)
+        appended.append([r.state for r in records])
+        real_append(self, records)
+
+    def merge(self: Store, source: Any, **kwargs: Any) -> int:
+        merges_after.append(len(appended))
+        return real_merge(self, source, **kwargs)
+
+    # Long enough that the first ended batch waits for the others (collected together).
+    poll = PollPolicy(initial_seconds=0.01, max_seconds=30.0, progress_seconds=60.0)
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.INFO, "spark_llm_batch"):
+        patch.setattr(Store, "append_batches", append)
+        patch.setattr(Store, "merge_results", merge)
+        summary = _run(spark, store, fake, tmp_path, poll=poll)
+    assert summary.collected == 3
+    with_ends = [states for states in appended if Phase.ENDED in states]
+    assert len(with_ends) == 1  # one commit, not one per poll round
+    assert with_ends[0].count(Phase.ENDED) == 3
+    assert merges_after == [appended.index(with_ends[0]) + 1]  # stored before the MERGE
+    assert caplog.text.count("-> ended") == 3  # each end is logged when seen
+    _assert_all_answered(store, rows)
+
+
 def test_crash_after_create_is_adopted_not_created_again(
     spark: SparkSession, tmp_path: Path
 ) -> None:
