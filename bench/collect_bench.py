@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._proc import children_of, process_table
-from bench.pipeline_bench import _MASTER, _SPARK_CONF, _load, _write_input
+from bench.pipeline_bench import _MASTER, _SPARK_CONF, _load, _write_input, start_emulator
 
 __all__ = ["run"]
 
@@ -52,24 +52,6 @@ Outcomes = dict[str, tuple[int, int, int]]
 
 class _Captured(Exception):
     """Raised by the hook in place of the orchestrator's collection."""
-
-
-def _start_emulator(fault_rate: float) -> tuple[Any, str]:
-    import subprocess
-
-    command = [sys.executable, "-m", "spark_llm_batch.emulator", "--host", "127.0.0.1"]
-    command += ["--port", "0", "--processing-seconds", "0"]
-    if fault_rate:
-        command += [
-            "--config-json",
-            json.dumps({"request_fault_rates": {"server_error": fault_rate}}),
-        ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("OPENAI_BASE_URL="):
-            return proc, line.strip().split("=", 1)[1]
-    raise RuntimeError("the emulator did not print its base URL")
 
 
 def _prepare(spark: Any, work: Path, rows: int) -> tuple[Any, Any, list[Any], dict[str, str]]:
@@ -263,7 +245,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(rows: int = 200_000, repeats: int = 3, fault_rate: float = 0.0) -> str:
     """Start the emulator, run the worker, return a Markdown summary."""
-    emulator, base_url = _start_emulator(fault_rate)
+    faults = {"request_fault_rates": {"server_error": fault_rate}}
+    emulator, base_url = start_emulator(
+        *(["--config-json", json.dumps(faults)] if fault_rate else [])
+    )
     load_before = _load()
     try:
         with tempfile.TemporaryDirectory(prefix="llm-collect-bench-") as tmp:

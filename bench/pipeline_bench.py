@@ -229,9 +229,11 @@ def _check_ledger(base_url: str, rows: int, repeats: int) -> None:
 # ---- parent ---------------------------------------------------------------------------------------
 
 
-def _start_emulator() -> tuple[subprocess.Popen[str], str]:
+def start_emulator(*options: str) -> tuple[subprocess.Popen[str], str]:
+    """The emulator in its own process (``processing_seconds=0``, any further CLI ``options``)
+    and its base URL."""
     command = [sys.executable, "-m", "spark_llm_batch.emulator", "--host", "127.0.0.1"]
-    command += ["--port", "0", "--processing-seconds", "0"]
+    command += ["--port", "0", "--processing-seconds", "0", *options]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -276,7 +278,7 @@ def _load() -> str:
 
 def run(rows: int = 1_000_000, repeats: int = 2, memory_rows: tuple[int, ...] = (100_000,)) -> str:
     """Measure every size (a fresh worker each); return the Markdown section body."""
-    emulator, base_url = _start_emulator()
+    emulator, base_url = start_emulator()
     results: dict[int, dict[str, Any]] = {}
     loads = [_load()]
     try:

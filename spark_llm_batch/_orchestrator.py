@@ -178,23 +178,21 @@ class Orchestrator(EndedPhase):
         """Append the held events and ``events`` in one commit, then adopt and log ``events``.
 
         No events: no commit (the held ones wait; :meth:`_flush` stores them alone)."""
-        if not events:
-            return
-        held, self._held = self._held, []
-        self.store.append_batches([*held, *events])
-        self._adopt(events)
+        if events:
+            self._flush(events)
+            self._adopt(events)
 
-    def _flush(self) -> None:
-        """Commit the held events, if any."""
-        if self._held:
-            held, self._held = self._held, []
-            self.store.append_batches(held)
+    def _flush(self, events: list[BatchRecord] | None = None) -> None:
+        """Commit the held events (then ``events``, not yet adopted) in one append, if any."""
+        rows, self._held = [*self._held, *(events or [])], []
+        if rows:
+            self.store.append_batches(rows)
 
     def _hold_ends(self, events: list[BatchRecord]) -> None:
         """Adopt ``events`` (ends, in-progress observations) now; commit them with the next commit.
 
         Nothing depends on an end being stored until its batch is collected, and collection
-        commits first (:meth:`_commit` before the MERGE): batches ending over several poll rounds
+        commits first (:meth:`_flush` before the MERGE): batches ending over several poll rounds
         cost one commit, not one per round. A crash before it only means the next run polls them
         again and sees them ended.
         """

@@ -73,7 +73,7 @@ class EndedPhase:
     def _commit(self, events: list[BatchRecord]) -> None:
         raise NotImplementedError
 
-    def _flush(self) -> None:
+    def _flush(self, events: list[BatchRecord] | None = None) -> None:
         raise NotImplementedError
 
     def _shrink(self) -> None:

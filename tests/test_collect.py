@@ -201,21 +201,31 @@ def test_a_hash_in_two_collected_batches_keeps_the_later_attempt(
     assert (h1["attempt"], h1["error_class"], h1["batch_id"]) == (2, "expired", "batch_b")
 
 
-def test_recollecting_changes_nothing_and_keeps_final_rows(
+def _result_rows(store: Store) -> list[tuple[Any, ...]]:
+    """Every results row but its ``updated_at``, sorted."""
+    return sorted(map(tuple, store.table("results").drop("updated_at").collect()))
+
+
+def _two_batches_collected(
     spark: SparkSession, store: Store
-) -> None:
+) -> tuple[ScriptedProvider, list[BatchRecord], dict[str, tuple[int, int, int]]]:
+    """Batches a (h1 ok, h2 retryable) and b (h3 final failure), collected once."""
     _members(spark, store, [("h1", "a", 1), ("h2", "a", 1), ("h3", "b", 1)])
     scripts = {"a": [_ok("h1"), _bad("h2")], "b": [_bad("h3", "invalid_request")]}
     provider = ScriptedProvider(ProviderSettings(api_key="sk-test-000000"), scripts=scripts)
     records = [_ended("a"), _ended("b")]
-    first = _collect_and_check(store, provider, records)
-    before = store.table("results").drop("updated_at")
-    before_rows = sorted(map(tuple, before.collect()))
+    return provider, records, _collect_and_check(store, provider, records)
+
+
+def test_recollecting_changes_nothing_and_keeps_final_rows(
+    spark: SparkSession, store: Store
+) -> None:
+    provider, records, first = _two_batches_collected(spark, store)
+    before_rows = _result_rows(store)
     # A crash after the MERGE commit: the same batches are collected again.
     again = _collect_and_check(store, provider, records, general=True)
     assert again == first == {"a": (1, 0, 1), "b": (0, 1, 0)}
-    after_rows = sorted(map(tuple, store.table("results").drop("updated_at").collect()))
-    assert after_rows == before_rows
+    assert _result_rows(store) == before_rows
     # A final row is never overwritten, even by a different answer of a newer attempt.
     _members(spark, store, [("h3", "c", 2)])
     provider.scripts["c"] = [_ok("h3")]
@@ -226,12 +236,8 @@ def test_recollecting_changes_nothing_and_keeps_final_rows(
 
 
 def test_a_resumed_collection_runs_one_full_merge(spark: SparkSession, store: Store) -> None:
-    _members(spark, store, [("h1", "a", 1), ("h2", "a", 1), ("h3", "b", 1)])
-    scripts = {"a": [_ok("h1"), _bad("h2")], "b": [_bad("h3", "invalid_request")]}
-    provider = ScriptedProvider(ProviderSettings(api_key="sk-test-000000"), scripts=scripts)
-    records = [_ended("a"), _ended("b")]
-    first = _collect_and_check(store, provider, records)
-    before_rows = sorted(map(tuple, store.table("results").drop("updated_at").collect()))
+    provider, records, first = _two_batches_collected(spark, store)
+    before_rows = _result_rows(store)
     merges: list[bool] = []
     real_merge = Store.merge_results
 
@@ -249,8 +255,7 @@ def test_a_resumed_collection_runs_one_full_merge(spark: SparkSession, store: St
         again = collect_batches(store, provider, records, retry=RETRY, resumed=True)
         assert merges == [False]
     assert again == first
-    after_rows = sorted(map(tuple, store.table("results").drop("updated_at").collect()))
-    assert after_rows == before_rows
+    assert _result_rows(store) == before_rows
 
 
 def test_collecting_into_a_store_holding_other_results_merges(

@@ -27,6 +27,14 @@ def _record(key: str, requests: int = 3) -> BatchRecord:
     return BatchRecord.staged(chunk, provider="fake", endpoint=ENDPOINT)
 
 
+def _record_migration(spark: SparkSession, store: Store, name: str, ordinal: int) -> None:
+    """Add a row to ``_migrations`` as another version of the library would have."""
+    rows = spark.createDataFrame(
+        [(name, ordinal, None)], "name STRING, ordinal INT, applied_at TIMESTAMP"
+    )
+    rows.write.format("delta").mode("append").save(f"{store.location}/_migrations")
+
+
 def test_migrations_are_recorded_once_and_reopening_is_idempotent(
     spark: SparkSession, store: Store
 ) -> None:
@@ -40,10 +48,7 @@ def test_migrations_are_recorded_once_and_reopening_is_idempotent(
 def test_a_migration_unknown_to_this_version_fails_closed(
     spark: SparkSession, store: Store
 ) -> None:
-    rows = spark.createDataFrame(
-        [("9999_from_the_future", 99, None)], "name STRING, ordinal INT, applied_at TIMESTAMP"
-    )
-    rows.write.format("delta").mode("append").save(f"{store.location}/_migrations")
+    _record_migration(spark, store, "9999_from_the_future", 99)
     with pytest.raises(StoreError, match=r"_migrations\.name"):
         Store.open(spark, store.location)
 
@@ -144,10 +149,7 @@ def test_members_without_a_batch_row_are_not_in_flight(
 def test_a_store_that_applied_a_retired_migration_still_opens(
     spark: SparkSession, store: Store
 ) -> None:
-    rows = spark.createDataFrame(
-        [("0003_create_requests", 2, None)], "name STRING, ordinal INT, applied_at TIMESTAMP"
-    )
-    rows.write.format("delta").mode("append").save(f"{store.location}/_migrations")
+    _record_migration(spark, store, "0003_create_requests", 2)
     again = Store.open(spark, store.location)
     assert "0003_create_requests" in again.applied_migrations()
     assert not (Path(store.location) / "requests").exists()  # new stores do not create it
