@@ -106,13 +106,17 @@ def _plain(spark: Any, source: str, target: str) -> float:
     return time.perf_counter() - start
 
 
-def _ours(spark: Any, source: str, store: str, output: str, clock: _PhaseClock) -> dict[str, Any]:
+def _ours(
+    spark: Any, source: str, store: str, output: str, clock: _PhaseClock, transport: str
+) -> dict[str, Any]:
     import spark_llm_batch
 
     clock.marks.clear()
     start = time.perf_counter()
     df = spark.read.format("delta").load(source)
-    spark_llm_batch.llm_batch(df, "prompt", model=_MODEL, store=store, output=output)
+    spark_llm_batch.llm_batch(
+        df, "prompt", model=_MODEL, store=store, output=output, transport=transport
+    )
     total = time.perf_counter() - start
     phases, previous = {}, start
     for _, phase in _PHASES:
@@ -138,21 +142,26 @@ def _check(spark: Any, source: str, output: str) -> None:
         raise SystemExit(f"wrong output: {rows} rows ({distinct} ids) for {expected}, {bad} bad")
 
 
-def _warm_up(spark: Any, work: Path, rows: int, base_url: str) -> None:
-    """Untimed: one plain copy and one ``llm_batch`` of a small table of other prompts, so that
-    neither timed job pays for the JVM's first use of its code (class loading, JIT: the first
-    plain copy in a fresh JVM takes about five times as long as the next); the ledger is cleared."""
+def _warm_up(spark: Any, work: Path, rows: int, base_url: str, transports: list[str]) -> None:
+    """Untimed: one plain copy and one ``llm_batch`` per transport of a small table of other
+    prompts, so that no timed job pays for the JVM's first use of its code (class loading, JIT:
+    the first plain copy in a fresh JVM takes about five times as long as the next); the ledger
+    is cleared."""
     import spark_llm_batch
 
     source = str(work / "warm_input")
     _write_input(spark, source, min(rows, _WARM_ROWS), first_id=rows)
     _plain(spark, source, str(work / "warm_plain"))
     df = spark.read.format("delta").load(source)
-    spark_llm_batch.llm_batch(
-        df, "prompt", model=_MODEL, store=str(work / "warm_store"), output=str(work / "warm_out")
-    )
+    for transport in transports:
+        store, output = str(work / f"warm_store_{transport}"), str(work / f"warm_out_{transport}")
+        spark_llm_batch.llm_batch(
+            df, "prompt", model=_MODEL, store=store, output=output, transport=transport
+        )
+        shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(output, ignore_errors=True)
     _clear_ledger(base_url)
-    for name in ("warm_input", "warm_plain", "warm_store", "warm_out"):
+    for name in ("warm_input", "warm_plain"):
         shutil.rmtree(work / name, ignore_errors=True)
 
 
@@ -174,28 +183,35 @@ def worker(args: argparse.Namespace) -> None:
     spark.sparkContext.setLogLevel("ERROR")
     source = str(work / "input")
     _write_input(spark, source, args.rows)
-    _warm_up(spark, work, args.rows, args.base_url)
-    plain, ours, emulator_cpu = [], [], []
+    transports = args.transports.split(",")
+    _warm_up(spark, work, args.rows, args.base_url, transports)
+    plain: list[float] = []
+    ours: dict[str, list[dict[str, Any]]] = {t: [] for t in transports}
+    emulator_cpu: dict[str, list[float]] = {t: [] for t in transports}
     for i in range(args.repeats):
         plain.append(_plain(spark, source, str(work / f"plain_{i}")))
-        cpu = cpu_seconds(args.emulator_pid)
-        run = _ours(spark, source, str(work / f"store_{i}"), str(work / f"output_{i}"), clock)
-        emulator_cpu.append(cpu_seconds(args.emulator_pid) - cpu)
-        ours.append(run)
-        print(
-            f"[{args.rows} rows, repeat {i + 1}] plain {plain[-1]:.1f} s, "
-            f"llm_batch {run['total']:.1f} s ({run['total'] / plain[-1]:.2f}x) "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in run["phases"].items()),
-            file=sys.stderr,
-            flush=True,
-        )
-        _check(spark, source, str(work / f"output_{i}"))
+        for transport in transports:
+            cpu = cpu_seconds(args.emulator_pid)
+            store, output = str(work / f"store_{transport}_{i}"), str(work / f"out_{transport}_{i}")
+            run = _ours(spark, source, store, output, clock, transport)
+            emulator_cpu[transport].append(cpu_seconds(args.emulator_pid) - cpu)
+            ours[transport].append(run)
+            print(
+                f"[{args.rows} rows, repeat {i + 1}, {transport}] plain {plain[-1]:.1f} s, "
+                f"llm_batch {run['total']:.1f} s ({run['total'] / plain[-1]:.2f}x) "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in run["phases"].items()),
+                file=sys.stderr,
+                flush=True,
+            )
+            _check(spark, source, output)
+            shutil.rmtree(work / f"store_{transport}_{i}", ignore_errors=True)
+            shutil.rmtree(work / f"out_{transport}_{i}", ignore_errors=True)
         shutil.rmtree(work / f"plain_{i}", ignore_errors=True)
     java = java_pid()
     # Peaks first: the ledger check and the floor below hold far more in this process than
     # llm_batch's driver does.
     driver_peak, jvm_peak = vm_hwm_mb(), vm_hwm_mb(java) if java else float("nan")
-    _check_ledger(args.base_url, args.rows, args.repeats)
+    _check_ledger(args.base_url, args.rows, args.repeats * len(transports))
     floor = None
     if args.floor:
         floor = provider_floor(spark, source, work, _MODEL)
@@ -203,10 +219,17 @@ def worker(args: argparse.Namespace) -> None:
     result = {
         "rows": args.rows,
         "plain": plain,
-        "ours": [r["total"] for r in ours],
-        "ratios": [r["total"] / p for r, p in zip(ours, plain, strict=True)],
-        "phases": {k: statistics.median(r["phases"][k] for r in ours) for k in ours[0]["phases"]},
-        "emulator_cpu_per_run": statistics.median(emulator_cpu),
+        "transports": {
+            t: {
+                "ours": [r["total"] for r in runs],
+                "ratios": [r["total"] / p for r, p in zip(runs, plain, strict=True)],
+                "phases": {
+                    k: statistics.median(r["phases"][k] for r in runs) for k in runs[0]["phases"]
+                },
+                "emulator_cpu_per_run": statistics.median(emulator_cpu[t]),
+            }
+            for t, runs in ours.items()
+        },
         "floor": floor,
         "driver_peak_mb": driver_peak,
         "jvm_peak_mb": jvm_peak,
@@ -297,27 +320,30 @@ def run(rows: int = 1_000_000, repeats: int = 2, memory_rows: tuple[int, ...] = 
 
 def _report(rows: int, repeats: int, results: dict[int, dict[str, Any]], loads: list[str]) -> str:
     main = results[rows]
-    plain, ours = statistics.median(main["plain"]), statistics.median(main["ours"])
-    runs = ", ".join(
-        f"{o:.1f} s / {p:.1f} s = {r:.2f}x"
-        for o, p, r in zip(main["ours"], main["plain"], main["ratios"], strict=True)
-    )
+    plain = statistics.median(main["plain"])
     lines = [
         f"{rows:,} distinct prompts of ~300 characters ({main['input_mb']:.0f} MB input as Delta/Parquet, "
         f"{_INPUT_PARTITIONS} files) through `llm_batch` against the emulator in a separate process "
         "(`processing_seconds=0`, OpenAI limits 50,000 requests / 200 MB per batch → "
-        f"{-(-rows // 50_000)} batches, default poll policy), input Delta table → output Delta table; "
-        "vs the plain Spark job reading the same input and writing it as a Delta table, alternated "
-        f"in the same session, {repeats} time(s), after an untimed warm-up of both (see "
-        "`bench/pipeline_bench.py`).",
+        f"{-(-rows // 50_000)} batches, default poll policy), input Delta table → output Delta table, "
+        "with each transport; vs the plain Spark job reading the same input and writing it as a "
+        f"Delta table, alternated in the same session, {repeats} time(s), after an untimed warm-up "
+        "(see `bench/pipeline_bench.py`).",
         "",
         "| measure | result |",
         "|---|---|",
         f"| plain copy (read Delta, write Delta), median | {plain:.1f} s |",
-        f"| `llm_batch` end to end, median | {ours:.1f} s |",
-        f"| ratio ours / plain, median of per-pair ratios | **{statistics.median(main['ratios']):.2f}x** (target ≤ 3x) |",
-        f"| each pair (ours / plain) | {runs} |",
     ]
+    for transport, t in main["transports"].items():
+        runs = ", ".join(
+            f"{o:.1f} s / {p:.1f} s = {r:.2f}x"
+            for o, p, r in zip(t["ours"], main["plain"], t["ratios"], strict=True)
+        )
+        lines += [
+            f'| `llm_batch`, `transport="{transport}"`, median | {statistics.median(t["ours"]):.1f} s |',
+            f"| ratio ours / plain, `{transport}`, median of per-pair ratios | **{statistics.median(t['ratios']):.2f}x** |",
+            f"| each pair, `{transport}` (ours / plain) | {runs} |",
+        ]
     floor = main.get("floor")
     if floor:
         lines.append(
@@ -328,21 +354,25 @@ def _report(rows: int, repeats: int, results: dict[int, dict[str, Any]], loads: 
     for size in sorted(results):
         r = results[size]
         lines.append(
-            f"| peak RSS at {size:,} rows: Python driver / JVM | "
+            f"| peak RSS at {size:,} rows (all runs of that size): Python driver / JVM | "
             f"{r['driver_peak_mb']:.0f} MB / {r['jvm_peak_mb']:.0f} MB |"
         )
     for size in sorted(results):
         if size != rows:
             r = results[size]
-            lines.append(
-                f"| {size:,} rows, one run: ours / plain | {r['ours'][0]:.1f} s / {r['plain'][0]:.1f} s |"
-            )
-    lines += ["", f"Where the time goes at {rows:,} rows (median of the runs):", ""]
-    lines += [f"- {phase}: {seconds:.1f} s" for phase, seconds in main["phases"].items()]
-    lines += [
-        f'- the emulator process (the "provider": validating, answering, writing result files) '
-        f"used {main['emulator_cpu_per_run']:.0f} CPU-seconds per run on the same 2 cores."
-    ]
+            per = ", ".join(f"`{t}` {v['ours'][0]:.1f} s" for t, v in r["transports"].items())
+            lines.append(f"| {size:,} rows, one run: plain {r['plain'][0]:.1f} s | {per} |")
+    for transport, t in main["transports"].items():
+        lines += [
+            "",
+            f"Where the time goes at {rows:,} rows, `{transport}` (median of the runs):",
+            "",
+        ]
+        lines += [f"- {phase}: {seconds:.1f} s" for phase, seconds in t["phases"].items()]
+        lines += [
+            f'- the emulator process (the "provider": validating, answering, writing result files) '
+            f"used {t['emulator_cpu_per_run']:.0f} CPU-seconds per run on the same 2 cores."
+        ]
     lines += [
         "",
         f"Settings: `{_MASTER}`, "
@@ -366,6 +396,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--work", required=True)
     parser.add_argument("--emulator-pid", type=int, required=True)
     parser.add_argument("--floor", action="store_true")
+    parser.add_argument("--transports", default="executors,driver")
     return parser.parse_args(argv)
 
 

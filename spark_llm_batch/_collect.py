@@ -1,58 +1,61 @@
-"""Collection: parse ended batches' results on executors and merge them into the store.
+"""Collection: ended batches' result lines become one results row per member, merged into the store.
 
-This module is the driver's side; what the task of one batch does on an executor is in
-``_collect_rows``.
+One path, whatever the transport:
 
-One pass over the results, no shuffle of result rows, one Spark statement: the MERGE
-(:meth:`Store.merge_results`) whose source reads the provider's files as it writes.
+1. The transport gives the result lines of the batches that have any
+   (:meth:`~spark_llm_batch._transport.Transport.result_rows`: read in Spark tasks, or downloaded
+   by the driver into the store); batches failed as a whole are not read.
+2. One aggregate, grouped by request hash, meets the lines with the batches' members (from
+   ``chunks``): a line for a hash that is no member of its batch is dropped, two lines for one
+   member keep the success (else the first), and a member without a line gets its batch's fill
+   (``missing``, or ``batch_failed`` with the provider's message). ``final`` comes from the retry
+   policy, as a Spark expression (:func:`retry_condition`). All of it runs in the JVM: one shuffle,
+   no Python per row.
+3. One MERGE into ``results`` (:meth:`Store.merge_results`): insert-only when every batch is a first
+   attempt (a row already there can only be this same collection's, committed before a crash), the
+   full MERGE otherwise (a final row is never overwritten, an older attempt never overwrites a
+   newer one).
+4. The outcomes per batch are counted from ``results`` joined with the members
+   (:func:`batch_outcomes`); no result row reaches the driver.
 
-The members of the collected batches (narrow rows: hash, batch key, attempt) are grouped by batch,
-batch ``i`` in partition ``i`` (:func:`_slots`), and one Python task per batch streams the
-provider's result files into results rows, ``final`` included: a row per result line of a member,
-then a failed row for every member without a line (``_collect_rows``).
-
-The fast path relies on one row per member, which the tasks check as they go (they stop the
-MERGE before its commit otherwise): no hash in two collected batches (the tasks receive the number
-of repeated ``xxhash64`` digests among all the members, see :func:`_members`), none twice in one
-batch, each member at its batch's attempt, at most one result line per member. Then no grouping by
-hash is needed, first attempts (which have no results row yet) go in with an insert-only MERGE
-(one pass, no copy of the source), and each task reports its batch's counts (rows; succeeded,
-failed for good, to retry) in a small file of the store's staging area, so the outcomes need no
-further job: when the MERGE applied every row (it says how many it inserted and updated), those
-are the counts :func:`batch_outcomes` would make.
-
-Whenever a shortcut does not hold, collection takes the general path, the earlier behaviour:
-rows are reduced to one per hash (a success wins, then the later attempt), and the outcomes are
-counted from ``results`` joined with the members (:func:`batch_outcomes`), as they are too when
-the MERGE did not apply every row (a row already final, or newer, in ``results``: re-collecting
-after a crash). No result row reaches the driver.
+Authentication, permission and billing failures (class ``auth``) are stored with ``final`` false:
+they are no answer, the job stops on them (the orchestrator raises), and the next run sends them
+again once the credentials are fixed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import logging
-import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from spark_llm_batch._collect_rows import _SLOW_PATH, ROWS_SCHEMA, _Job, _rows_function, _Spec
-from spark_llm_batch._store_tables import FORMAT_VERSION, BatchRecord
+from spark_llm_batch._results import RETRYABLE
+from spark_llm_batch._store_tables import FORMAT_VERSION, RESULT_FIELDS, BatchRecord
 from spark_llm_batch.config import RetryPolicy
-from spark_llm_batch.providers.base import BatchState, Provider, ProviderBatch
+from spark_llm_batch.providers.base import BatchState, ProviderBatch
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
     from spark_llm_batch._store import Store
+    from spark_llm_batch._transport import Transport
 
-__all__ = ["Outcomes", "batch_outcomes", "collect_batches"]
+__all__ = ["Outcome", "Outcomes", "batch_outcomes", "collect_batches", "retry_condition"]
 
-log = logging.getLogger("spark_llm_batch")
 
-Outcomes = dict[str, tuple[int, int, int]]
-"""Batch key -> (succeeded, failed for good, to retry) among its members' results."""
+class Outcome(NamedTuple):
+    """One collected batch's members, by what their results say."""
+
+    succeeded: int = 0
+    failed: int = 0  # failed for good
+    retry: int = 0  # open: another attempt is due
+    auth: int = 0  # refused for credentials, permission or billing: the job must stop
+
+
+Outcomes = dict[str, Outcome]
+"""Batch key -> its :class:`Outcome`."""
+
+_LINE = [name for name, _ in RESULT_FIELDS]
 
 
 def provider_batch(record: BatchRecord) -> ProviderBatch:
@@ -68,220 +71,181 @@ def provider_batch(record: BatchRecord) -> ProviderBatch:
     )
 
 
-def _spec(record: BatchRecord, failed_whole: dict[str, str]) -> _Spec:
-    failed = record.key in failed_whole
-    return _Spec(
-        key=record.key,
-        batch_id=record.batch_id,
-        attempt=record.attempt,
-        model=record.model,
-        batch=None if failed else provider_batch(record),
-        fill_class="batch_failed" if failed else "missing",
-        fill_message=failed_whole.get(
-            record.key, f"no result line for this request in batch {record.batch_id}"
-        ),
-    )
-
-
 def collect_batches(
     store: Store,
-    provider: Provider,
+    transport: Transport,
     records: Sequence[BatchRecord],
     *,
     retry: RetryPolicy,
     failed_whole: dict[str, str] | None = None,
-    resumed: bool = False,
 ) -> Outcomes:
-    """Read the results of ended batches on executors and MERGE them into ``results``.
+    """Read the results of ended batches and MERGE one row per member into ``results``.
 
-    One commit. First attempts go in with an insert-only MERGE unless ``resumed``; should one
-    meet its own row in ``results`` anyway, the full MERGE follows (a second commit; running
-    both again changes nothing).
+    One commit (the MERGE); running it again after a crash changes nothing.
 
     Args:
         store: the store.
-        provider: the provider (pickled to executors).
+        transport: brings the result lines into Spark.
         records: the ended batches' current records.
         retry: decides which failed rows stay open (``final`` false) for another attempt.
         failed_whole: batch key -> the provider's message, for batches that failed as a whole:
             their members are recorded ``batch_failed`` without reading any result.
-        resumed: some of ``records`` were already ended when the run started, so a collection
-            that crashed before its ``collected`` commit may have stored their rows: the full
-            MERGE is used from the start (one pass instead of two).
 
     Returns:
-        The outcome of every batch of ``records``, as :func:`batch_outcomes` counts it once the
-        MERGE is committed.
+        The outcome of every batch of ``records``, counted from ``results`` once merged.
     """
-    keys = [r.key for r in records]
-    if not keys:
+    if not records:
         return {}
-    specs = {r.key: _spec(r, failed_whole or {}) for r in records}
+    failed_whole = failed_whole or {}
+    readable = [provider_batch(r) for r in records if r.key not in failed_whole]
     now = dt.datetime.now(dt.timezone.utc)
-    reports = f"{store.staging_uri.rstrip('/')}/_collect-{uuid.uuid4().hex}"
-    try:
-        job = _Job(provider, specs, retry, reports)
-        outcomes = _fast_path(store, records, job, now, insert_only=not resumed)
-    finally:
-        _remove(reports)
-    if outcomes is not None:
-        return outcomes
-    # The general path: one row per hash by grouping (nothing was committed yet).
-    rows = _rows(_members(store, records, check=False), _Job(provider, specs, retry, None), now)
-    store.merge_results(_one_per_hash(rows))
-    return batch_outcomes(store, keys)
+    with transport.result_rows(readable) as lines:
+        source = _source(store, records, lines, failed_whole, retry, now)
+        store.merge_results(source, insert_only=all(r.attempt == 1 for r in records))
+    return batch_outcomes(store, [r.key for r in records])
 
 
-def _fast_path(
-    store: Store, records: Sequence[BatchRecord], job: _Job, now: dt.datetime, *, insert_only: bool
-) -> Outcomes | None:
-    """MERGE one row per member, as read (insert-only for first attempts when ``insert_only``);
-    ``None`` when one row per member did not hold (the tasks stopped the MERGE before its
-    commit)."""
-    keys = [r.key for r in records]
-    source = _rows(_members(store, records, check=True), job, now)
-    first = insert_only and all(r.attempt == 1 for r in records)
-    try:
-        applied = store.merge_results(source, insert_only=first)
-    except Exception as exc:  # its type depends on Spark's flavour (classic, Connect)
-        if _SLOW_PATH not in str(exc):
-            raise
-        log.info("collection of %d batch(es) takes the general path: %s", len(keys), _SLOW_PATH)
-        return None
-    counts = _read_reports(job.reports or "", keys)
-    total = None if counts is None else sum(c[0] for c in counts.values())
-    if first and applied != total:
-        # Some hash is in results already (an earlier collection of these batches crashed):
-        # the full MERGE updates what the insert-only one left, then count from the table.
-        store.merge_results(source)
-        return batch_outcomes(store, keys)
-    if counts is None or applied != total:
-        return batch_outcomes(store, keys)  # some row was not applied (final, or newer, there)
-    # Every row applied: results holds exactly these rows for their hashes.
-    return {key: (c[1], c[2], c[3]) for key, c in counts.items()}
+def _fills(store: Store, records: Sequence[BatchRecord], failed_whole: dict[str, str]) -> DataFrame:
+    """Per batch (small, broadcast): its id, model, attempt, and the class and message of a member
+    with no line."""
+    rows = [
+        (
+            r.key,
+            r.batch_id,
+            r.model,
+            r.attempt,
+            "batch_failed" if r.key in failed_whole else "missing",
+            failed_whole.get(r.key, f"no result line for this request in batch {r.batch_id}"),
+        )
+        for r in records
+    ]
+    schema = (
+        "f_key STRING, f_batch_id STRING, f_model STRING, f_attempt INT, f_class STRING, "
+        "f_message STRING"
+    )
+    return store.spark.createDataFrame(rows, schema)
 
 
-def _members(store: Store, records: Sequence[BatchRecord], *, check: bool) -> DataFrame:
-    """The members of ``records`` (``slot``, ``batch_key``, ``hash``, ``attempt``; with ``check``
-    also ``repeated``: how many ``xxhash64`` digests of their hashes repeat, the same on every
-    row), batch ``i`` in partition ``i`` (see :func:`_slots`)."""
+def _source(
+    store: Store,
+    records: Sequence[BatchRecord],
+    lines: DataFrame,
+    failed_whole: dict[str, str],
+    retry: RetryPolicy,
+    now: dt.datetime,
+) -> DataFrame:
+    """One results row per member of ``records`` (results-table columns), see the module docstring."""
     from pyspark.sql import functions as F
 
     keys = [r.key for r in records]
-    slots = store.spark.createDataFrame(
-        list(zip(keys, _slots(len(keys)), strict=True)), "batch_key STRING, slot INT"
+    nothing = [F.lit(None).cast(kind).alias(name) for name, kind in RESULT_FIELDS]
+    members = store.members_of(keys).select(
+        "hash", "batch_key", "attempt", F.lit(True).alias("member"), *nothing
     )
-    members = store.members_of(keys).select("batch_key", "hash", "attempt")
-    members = members.join(F.broadcast(slots), "batch_key").select(
-        "slot", "batch_key", "hash", "attempt"
+    got = lines.where(F.col("batch_key").isin(keys)).select(
+        "hash", "batch_key", F.lit(None).cast("int").alias("attempt"), F.lit(False).alias("member"),
+        *_LINE,
+    )  # fmt: skip
+    both = members.unionByName(got)
+    is_member = F.col("member")
+    grouped = both.groupBy("hash").agg(
+        F.collect_list(F.when(is_member, F.struct("attempt", "batch_key"))).alias("m"),
+        F.collect_list(F.when(~is_member, F.struct("batch_key", *_LINE))).alias("l"),
     )
-    members = members.repartition(len(keys), "slot")
-    if not check:
-        return members
-    digests = store.members_of(keys).groupBy(F.xxhash64("hash").alias("digest")).count()
-    repeated = digests.where(F.col("count") > 1).agg(F.count(F.lit(1)).alias("repeated"))
-    # Joined after the shuffle, so that the members' shuffle and the count run side by side.
-    return members.crossJoin(F.broadcast(repeated))
+    member_keys = F.transform("m", lambda m: m["batch_key"])
+    valid = F.filter("l", lambda x: F.array_contains(member_keys, x["batch_key"]))
 
+    def member_attempt(line: Column) -> Column:
+        return F.get(F.filter("m", lambda m: m["batch_key"] == line["batch_key"]), 0)["attempt"]
 
-def _rows(members: DataFrame, job: _Job, now: dt.datetime) -> DataFrame:
-    """The result rows of every member (results-table columns), read on executors."""
-    from pyspark.sql import functions as F
+    # The line kept for a hash: a success first, then the later attempt.
+    scored = F.transform(
+        valid,
+        lambda x: F.struct(
+            (x["status"] == "succeeded").alias("ok"), member_attempt(x).alias("a"), x.alias("x")
+        ),
+    )
+    picked = grouped.where(F.size("m") > 0).select(  # no member here: a stranger's line, dropped
+        "hash", "m", F.array_max(scored)["x"].alias("x")
+    )
+    # The batch the row is for: the line's, else (no line) the member's latest.
+    key = F.coalesce(F.col("x.batch_key"), F.array_max("m")["batch_key"])
+    rows = picked.select("hash", "x", key.alias("k")).join(
+        F.broadcast(_fills(store, records, failed_whole)), F.col("k") == F.col("f_key")
+    )
+    answered = F.col("x").isNotNull()
 
-    rows = members.groupBy("slot", "batch_key").applyInArrow(_rows_function(job), ROWS_SCHEMA)
-    # A literal, not current_timestamp(): one value for the whole collection.
-    return rows.select(
-        *rows.columns,
-        F.lit(now).alias("updated_at"),
+    def field(name: str) -> Column:
+        return F.col(f"x.{name}")
+
+    status = F.when(answered, field("status")).otherwise(F.lit("failed"))
+    error_class = F.when(answered, field("error_class")).otherwise(F.col("f_class"))
+    attempt = F.col("f_attempt").cast("int")  # the batch's attempt, as every row of it
+    out = rows.select(
+        "hash",
+        status.alias("status"),
+        field("text").alias("text"),
+        field("finish_reason").alias("finish_reason"),
+        error_class.alias("error_class"),
+        F.when(answered, field("error_message"))
+        .otherwise(F.col("f_message"))
+        .alias("error_message"),
+        field("input_tokens").alias("input_tokens"),
+        field("output_tokens").alias("output_tokens"),
+        F.coalesce(field("model"), F.col("f_model")).alias("model"),
+        F.col("f_batch_id").alias("batch_id"),
+        attempt.alias("attempt"),
+    )
+    final = (F.col("status") == "succeeded") | ~retry_condition(
+        F.col("error_class"), F.col("attempt"), retry
+    )
+    return out.select(
+        *out.columns,
+        final.alias("final"),
+        F.lit(now).alias("updated_at"),  # a literal: one value for the whole collection
         F.lit(FORMAT_VERSION).alias("format_version"),
     )
 
 
-def _read_reports(uri: str, keys: Sequence[str]) -> dict[str, tuple[int, ...]] | None:
-    """Every batch's report, or ``None`` when one is missing or unreadable."""
-    import pyarrow.fs as pafs
+def retry_condition(error_class: Column, attempt: Column, policy: RetryPolicy) -> Column:
+    """Whether a request that failed with ``error_class`` on ``attempt`` stays open: a retryable
+    class with attempts left under ``policy``, or ``auth`` (sent again once the job is fixed).
 
-    try:
-        fs, base = pafs.FileSystem.from_uri(uri)
-        counts = {}
-        for key in keys:
-            with fs.open_input_stream(f"{base}/{key}.json") as stream:
-                counts[key] = tuple(int(n) for n in json.loads(stream.read()))
-    except (OSError, ValueError, TypeError) as exc:
-        log.info("collection reports unreadable, counting from the table: %s", exc)
-        return None
-    return counts
-
-
-def _remove(uri: str) -> None:
-    """Best effort: delete the reports' folder."""
-    import pyarrow.fs as pafs
-
-    try:
-        fs, base = pafs.FileSystem.from_uri(uri)
-        fs.delete_dir(base)
-    except (OSError, ValueError) as exc:
-        log.debug("collection reports %s not removed: %s", uri, exc)
-
-
-def _slots(n: int) -> list[int]:
-    """``n`` ints, the i-th of which Spark's ``repartition(n, col)`` sends to partition ``i``.
-
-    Hash partitioning puts row ``v`` in ``pmod(murmur3(v, seed 42), n)``; partitioning by batch
-    key would put two batches in one task about as often as not (a task then runs twice as long
-    while others sit idle). The same hash decides bucketed tables, so it does not change between
-    Spark versions; were it ever to, batches would merely share tasks again.
+    Example:
+        >>> retry_condition(F.col("error_class"), F.col("attempt"), RetryPolicy())  # doctest: +SKIP
     """
-    first: dict[int, int] = {}
-    value = 0
-    while len(first) < n:
-        first.setdefault(_spark_int_hash(value) % n, value)
-        value += 1
-    return [first[i] for i in range(n)]
-
-
-def _spark_int_hash(value: int) -> int:
-    """Spark's ``hash(value)`` for an INT (Murmur3 x86 32-bit, seed 42), as a signed int."""
-
-    def rotl(x: int, r: int) -> int:
-        return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
-
-    k = rotl((value & 0xFFFFFFFF) * 0xCC9E2D51 & 0xFFFFFFFF, 15) * 0x1B873593 & 0xFFFFFFFF
-    h = (rotl(42 ^ k, 13) * 5 + 0xE6546B64) & 0xFFFFFFFF
-    h ^= 4
-    h = (h ^ (h >> 16)) * 0x85EBCA6B & 0xFFFFFFFF
-    h = (h ^ (h >> 13)) * 0xC2B2AE35 & 0xFFFFFFFF
-    h ^= h >> 16
-    return h - (1 << 32) if h >= 1 << 31 else h
-
-
-def _one_per_hash(rows: DataFrame) -> DataFrame:
-    """One row per hash (MERGE needs it): a success wins over a failure, a later attempt over an earlier."""
     from pyspark.sql import functions as F
 
-    rank = F.when(F.col("status") == "succeeded", 1).otherwise(0) * 1_000_000 + F.col("attempt")
-    payload = [c for c in rows.columns if c != "hash"]
-    best = rows.groupBy("hash").agg(F.max_by(F.struct(*payload), rank).alias("r"))
-    return best.select("hash", *[F.col(f"r.{c}").alias(c) for c in payload])
+    condition = F.when(error_class == "auth", F.lit(True))
+    for name in sorted(RETRYABLE):
+        condition = condition.when(error_class == name, attempt < policy.attempts_for(name))
+    return condition.otherwise(F.lit(False))
 
 
 def batch_outcomes(store: Store, keys: Sequence[str]) -> Outcomes:
-    """Per batch: (succeeded, failed for good, to retry) among its members' stored results."""
+    """Per batch: its members' stored results at the batch's attempt, by :class:`Outcome`."""
     from pyspark.sql import functions as F
 
     results = store.table("results").select(
-        "hash", "status", "final", F.col("attempt").alias("r_attempt")
+        "hash", "status", "final", "error_class", F.col("attempt").alias("r_attempt")
     )
     joined = store.members_of(keys).join(results, "hash")
     joined = joined.where(F.col("r_attempt") == F.col("attempt"))
+    ok = F.col("status") == "succeeded"
+    auth = F.col("error_class") == "auth"
+
+    def count(condition: Column) -> Column:
+        return F.sum(F.when(condition, 1).otherwise(0))
+
     counts = joined.groupBy("batch_key").agg(
-        F.sum(F.when(F.col("status") == "succeeded", 1).otherwise(0)).alias("ok"),
-        F.sum(F.when((F.col("status") != "succeeded") & F.col("final"), 1).otherwise(0)).alias(
-            "bad"
-        ),
-        F.sum(F.when(~F.col("final"), 1).otherwise(0)).alias("retry"),
+        count(ok).alias("ok"),
+        count(~ok & F.col("final")).alias("bad"),
+        count(~F.col("final") & ~auth).alias("retry"),
+        count(~F.col("final") & auth).alias("auth"),
     )
-    out = {key: (0, 0, 0) for key in keys}
+    out = {key: Outcome() for key in keys}
     for row in counts.collect():
-        out[row["batch_key"]] = (int(row["ok"]), int(row["bad"]), int(row["retry"]))
+        out[row["batch_key"]] = Outcome(
+            int(row["ok"]), int(row["bad"]), int(row["retry"]), int(row["auth"])
+        )
     return out

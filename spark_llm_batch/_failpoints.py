@@ -10,7 +10,7 @@ name               where the driver dies
 =================  =================================================================================
 ``after_stage``    in :meth:`Store.record_staged`, once the staged batches (members, requests and
                    ``staged`` rows) are committed; nothing has been uploaded.
-``after_upload``   in the orchestrator, once chunk files are uploaded but before the commit that
+``after_upload``   in the orchestrator, once chunks are uploaded but before the commit that
                    records their file ids (orphan uploads: never billed, re-uploaded on restart).
 ``after_create``   right after ``provider.create`` returned, before ``submitted`` is committed: the
                    batch exists at the provider but the store only says ``creating``; the restart

@@ -8,7 +8,8 @@ on it (write-ahead):
 ================  =================================================================================
 committed         then (side effect)
 ================  =================================================================================
-``staged``        (``Store.record_staged``, after members and request lines) → ``provider.upload``
+``staged``        (``Store.record_staged``, after the chunks: members and lines) → upload (through
+                  the run's transport, several chunks at once)
 ``uploaded`` +    one append: the file id and the intent to create → ``provider.create``; a crash
 ``creating``      before ``submitted`` is reconciled with ``provider.find(chunk, not_before)`` first
 ``submitted``     the provider batch id → ``provider.retrieve`` (poll with exponential backoff)
@@ -16,7 +17,8 @@ committed         then (side effect)
                   (ends seen over several polls share one commit, made right before collection
                   or once per ``poll.progress_seconds``; a crash before it only means re-polling)
 (results MERGE)   → retries re-staged (members and ``staged`` rows of new batches)
-``collected``     → best-effort cleanup of the input file and chunk file
+``collected``     → best-effort cleanup of the input file; the chunks' rows are swept once the
+                  run's loop ends (``Store.sweep_chunks``)
 ================  =================================================================================
 
 A batch the provider ``failed`` as a whole: with ``token_limit_exceeded`` (queue full) its members are
@@ -26,9 +28,12 @@ one per collected batch). Any other batch failure records every member ``batch_f
 the provider's message. Expired and cancelled batches are collected; their open requests retry per
 :class:`~spark_llm_batch.config.RetryPolicy` via ``restage`` (attempt + 1).
 
+Provider traffic goes through a :class:`~spark_llm_batch._transport.Transport` chosen once per run;
+the state machine never asks which one it has.
+
 Usage::
 
-    summary = Orchestrator(spark, store, provider, config).run()   # -> RunSummary
+    summary = Orchestrator(spark, store, provider, config, transport=transport).run()
 
 Progress: a log line (logger ``spark_llm_batch``) per state change and a summary every
 ``config.poll.progress_seconds``; ``store.progress()`` gives the same counts.
@@ -42,9 +47,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from spark_llm_batch import _failpoints
+from spark_llm_batch._leases import Leases
 from spark_llm_batch._orchestrator_ended import EndedPhase, RestageFn
 from spark_llm_batch._progress import RunSummary, summarize
 from spark_llm_batch._store_tables import BatchRecord, Phase
+from spark_llm_batch._transport import ChunkMissing, ExecutorTransport, Transport, UploadOutcome
 from spark_llm_batch.errors import AuthenticationError, ProviderError
 from spark_llm_batch.providers.base import BatchState, ProviderBatch
 
@@ -71,12 +78,16 @@ class Orchestrator(EndedPhase):
         store: the opened store.
         provider: the provider (pickled to executors for collection).
         config: limits, retry and poll policies, ``max_in_flight``.
+        transport: moves lines to the provider and results back (default: executors).
+        leases: this run's claims on the store (default: fresh ones of ``config.lease_seconds``):
+            it drives the batches it holds, takes over those whose holder died, and waits for
+            the others.
         restage: packs retry requests; default: :meth:`stage` (``_pack.stage_chunks`` with the
             provider's batch limits).
         sleep / clock: injectable for tests.
 
     Example:
-        >>> summary = Orchestrator(spark, store, provider, config).run()  # doctest: +SKIP
+        >>> summary = Orchestrator(spark, store, provider, config, transport=t).run()  # doctest: +SKIP
     """
 
     def __init__(
@@ -86,11 +97,18 @@ class Orchestrator(EndedPhase):
         provider: Provider,
         config: BatchConfig,
         *,
+        transport: Transport | None = None,
+        leases: Leases | None = None,
         restage: RestageFn | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spark, self.store, self.provider, self.config = spark, store, provider, config
+        self.transport = transport or ExecutorTransport(store, provider)
+        self._own_leases = leases is None  # then its run keeps them alive itself
+        self.leases = leases or Leases(store, ttl=config.lease_seconds)
+        self._foreign: set[str] = set()  # batches another live run drives: waited for
+        self._foreign_due = 0.0
         self._restage = restage or self.stage
         self._sleep, self._clock = sleep, clock
         self._records: dict[str, BatchRecord] = {}
@@ -99,7 +117,6 @@ class Orchestrator(EndedPhase):
         self._reconcile: set[str] = set()  # ``creating`` keys whose batch may exist already
         self._requeues: dict[str, int] = {}
         self._ended_since: dict[str, float] = {}  # key -> clock time it was first seen ended
-        self._resumed_ended: set[str] = set()  # keys loaded already ended (see _load)
         self._held: list[BatchRecord] = []  # adopted, committed with the next commit
         self._observed_due = 0.0  # clock time from which held events are committed (set by run)
         self._seen_state: dict[str, str] = {}  # key -> provider state last logged
@@ -111,6 +128,12 @@ class Orchestrator(EndedPhase):
 
     def run(self) -> RunSummary:
         """Drive every batch in scope to a terminal state (or until ``poll.timeout_seconds``)."""
+        if not self._own_leases:
+            return self._run()
+        with self.leases.heartbeat():
+            return self._run()
+
+    def _run(self) -> RunSummary:
         self._load()
         policy = self.config.poll
         start = self._clock()
@@ -134,6 +157,7 @@ class Orchestrator(EndedPhase):
                 break
             self._sleep(max(0.0, min(self._next_wake(now), next_report) - now))
         self._flush()  # what is held (in-progress states seen last): the store as seen
+        self.store.sweep_chunks()  # the lines of what this run collected (and of crashed runs)
         self.summary.progress = summarize(self._records.values())
         log.info("run finished: %s", self.summary.progress)
         return self.summary
@@ -142,20 +166,55 @@ class Orchestrator(EndedPhase):
         records = self.store.current_batches(
             provider=self.provider.name, model=self.config.model_name, endpoint=self.config.endpoint
         )
+        self._take(records)
+
+    def _take(self, records: list[BatchRecord]) -> None:
+        """Drive the records this run holds or can claim (free or expired leases); wait for the
+        others (another live run drives them)."""
+        holders = self.leases.holders([r.key for r in records])
+        free = [r.key for r in records if holders[r.key] is None]
+        won = self.leases.claim(free) if free else set()
         for record in records:
+            if record.key not in won and holders[record.key] != self.leases.owner:
+                if record.key not in self._foreign:
+                    log.info("batch %s: driven by run %s; waiting for its results",
+                             record.key, holders[record.key])  # fmt: skip
+                self._foreign.add(record.key)
+                continue
+            self._foreign.discard(record.key)
             self._records[record.key] = record
             if record.state is Phase.CREATING:
                 self._reconcile.add(record.key)  # a crash may have hit between create and commit
-            if record.state is Phase.ENDED:
-                self._resumed_ended.add(record.key)  # its collection may have committed already
             log.info("batch %s: resuming from %s", record.key, record.state.value)
 
+    def _watch_foreign(self) -> bool:
+        """Now and then, look at the batches other runs drive: drop the finished ones, take over
+        those whose run died. True when some were taken over."""
+        now = self._clock()
+        if not self._foreign or now < self._foreign_due:
+            return False
+        self._foreign_due = now + max(self.config.poll.max_seconds, 2.0)
+        current = {
+            r.key: r
+            for r in self.store.current_batches(
+                provider=self.provider.name,
+                model=self.config.model_name,
+                endpoint=self.config.endpoint,
+            )
+        }
+        self._foreign &= set(current)  # collected (or abandoned) by their run: nothing to wait for
+        before = len(self._records)
+        self._take([current[key] for key in sorted(self._foreign)])
+        return len(self._records) > before
+
     def _active(self) -> bool:
-        return any(not r.state.is_terminal for r in self._records.values())
+        return bool(self._foreign) or any(not r.state.is_terminal for r in self._records.values())
 
     def _step(self) -> bool:
         """One round of every kind of work; True when some batch changed state."""
-        acted = self._collect_ended()
+        self.leases.check()  # a run whose claims may have lapsed must not create anything
+        acted = self._watch_foreign()
+        acted = self._collect_ended() or acted
         acted = self._start_staged() or acted
         acted = self._create_pending() or acted
         return self._poll_due() or acted
@@ -172,6 +231,8 @@ class Orchestrator(EndedPhase):
             waiting += self._in_state(Phase.STAGED, Phase.UPLOADED)
         dues = [self._due.get(r.key, now) for r in waiting]
         dues += [since + self._collect_wait() for since in self._ended_since.values()]
+        if self._foreign:
+            dues.append(self._foreign_due)
         return min(dues) if dues else now + self.config.poll.initial_seconds
 
     def _commit(self, events: list[BatchRecord]) -> None:
@@ -232,11 +293,15 @@ class Orchestrator(EndedPhase):
         ready = [r for r in self._in_state(Phase.UPLOADED, Phase.STAGED) if self._ready(r, now)][
             : max(slots, 0)
         ]
+        staged = [r for r in ready if r.state is Phase.STAGED]
+        uploads = dict(
+            zip([r.key for r in staged], self.transport.upload([r.chunk for r in staged]), strict=True)
+        ) if staged else {}  # fmt: skip
         events: list[BatchRecord] = []
         for record in ready:
             current: BatchRecord | None = record
             if record.state is Phase.STAGED:
-                current = self._upload(record, events)
+                current = self._uploaded(record, uploads[record.key], events)
             if current is not None:
                 events.append(current.to(Phase.CREATING))
         if ready:
@@ -244,20 +309,22 @@ class Orchestrator(EndedPhase):
         self._commit(events)
         return bool(events)
 
-    def _upload(self, record: BatchRecord, events: list[BatchRecord]) -> BatchRecord | None:
-        """Upload ``record``'s chunk; append its next event(s) to ``events``; the uploaded record."""
-        try:
-            input_ref = self.provider.upload(record.chunk)
-        except FileNotFoundError as exc:
-            # The chunk file is gone: nothing to submit. Its members fall back to pending.
-            events.append(record.to(Phase.ABANDONED, error=f"chunk file missing: {exc}"))
+    def _uploaded(
+        self, record: BatchRecord, outcome: UploadOutcome, events: list[BatchRecord]
+    ) -> BatchRecord | None:
+        """Append ``record``'s next event(s) after its upload to ``events``; the uploaded record."""
+        if isinstance(outcome, ChunkMissing):
+            # The chunk's lines are gone: nothing to submit. Its members fall back to pending.
+            events.append(record.to(Phase.ABANDONED, error=f"chunk missing: {outcome}"))
             return None
-        except ProviderError as exc:
-            rejected = self._submit_failed(record, exc)
+        if isinstance(outcome, ProviderError):
+            rejected = self._submit_failed(record, outcome)
             if rejected is not None:
                 events.append(rejected)
             return None
-        uploaded = record.to(Phase.UPLOADED, input_ref=input_ref)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        uploaded = record.to(Phase.UPLOADED, input_ref=outcome)
         events.append(uploaded)
         return uploaded
 

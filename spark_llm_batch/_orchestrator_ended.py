@@ -6,9 +6,12 @@ small; it reads and writes the orchestrator's state declared below. Order of com
 - queue full (``failed`` with ``token_limit_exceeded``): members copied to a new key (commit), then
   one append: the old batch ``abandoned`` + the new one ``uploaded`` (same input file); the new one
   is held back and the in-flight cap shrinks.
-- otherwise: results read on executors and MERGEd (commit; the per-batch outcomes come from the
-  same pass) → open requests re-staged (members, then ``staged`` rows of the new batches) →
-  ``collected`` (one append for all) → best-effort cleanup.
+- otherwise: results read through the transport and MERGEd (commit) → open requests re-staged
+  (chunks, then ``staged`` rows of the new batches) → ``collected`` (one append for all) →
+  best-effort cleanup of the provider's input files. When some request was refused for
+  credentials, permission or billing (class ``auth``), nothing is re-staged: the batches are
+  recorded ``collected`` and the run stops with :class:`~spark_llm_batch.errors.AuthenticationError`
+  (those requests stay open, and the next run sends them again).
 
 Collection has a fixed cost (a Spark job, a MERGE, a few commits) whatever the number of batches, so
 ended batches are collected together: as soon as no other batch is in flight, or once the first of
@@ -24,18 +27,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from spark_llm_batch import _failpoints
-from spark_llm_batch._chunk_files import delete_chunk
 from spark_llm_batch._collect import collect_batches
 from spark_llm_batch._progress import RunSummary
 from spark_llm_batch._retry_lines import retry_requests
 from spark_llm_batch._store_tables import BatchRecord, Phase
+from spark_llm_batch.errors import AuthenticationError
 from spark_llm_batch.providers.base import BatchState
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from spark_llm_batch._leases import Leases
     from spark_llm_batch._pack import StagedChunks
     from spark_llm_batch._store import StagedLike, Store
+    from spark_llm_batch._transport import Transport
     from spark_llm_batch.config import BatchConfig
     from spark_llm_batch.providers.base import Provider
 
@@ -57,11 +62,12 @@ class EndedPhase:
     store: Store
     provider: Provider
     config: BatchConfig
+    transport: Transport
+    leases: Leases
     summary: RunSummary
     _records: dict[str, BatchRecord]
     _requeues: dict[str, int]
     _ended_since: dict[str, float]
-    _resumed_ended: set[str]
     _clock: Callable[[], float]
     _cap: int
     _queue_full: int
@@ -128,20 +134,26 @@ class EndedPhase:
     def _collect(self, records: list[BatchRecord], failed_whole: dict[str, str]) -> None:
         outcomes = collect_batches(
             self.store,
-            self.provider,
+            self.transport,
             records,
             retry=self.config.retry,
             failed_whole=failed_whole,
-            resumed=any(r.key in self._resumed_ended for r in records),
         )
         _failpoints.hit("during_collect")
-        needing = [r for r in records if outcomes[r.key][2] > 0]
-        if needing:
+        refused = sum(o.auth for o in outcomes.values())
+        needing = [r for r in records if outcomes[r.key].retry > 0]
+        if needing and not refused:
             self._restage_open(needing)
         events = []
         for record in records:
-            ok, bad, retry = outcomes[record.key]
-            events.append(record.to(Phase.COLLECTED, completed=ok, failed=bad + retry))
+            outcome = outcomes[record.key]
+            events.append(
+                record.to(
+                    Phase.COLLECTED,
+                    completed=outcome.succeeded,
+                    failed=outcome.failed + outcome.retry + outcome.auth,
+                )
+            )
             if record.key in failed_whole:
                 self.summary.failed += 1
             else:
@@ -150,16 +162,33 @@ class EndedPhase:
         self._commit(events)
         self.summary.collected += len(records)
         self._cleanup(records)
+        if refused:
+            raise AuthenticationError(
+                f"the provider refused {refused} request(s) for credentials, permission or "
+                "billing (class 'auth'); they are not recorded as answers: fix the API key or the "
+                "account, then run the same call again to send them"
+            )
 
     def _restage_open(self, records: list[BatchRecord]) -> None:
         """Stage the open (retryable) requests of ``records`` as new batches, attempt + 1."""
-        staged = self._restage(retry_requests(self.store, self.provider, records))
-        new = self.store.record_staged(
-            staged, provider=self.provider.name, endpoint=self.config.endpoint
-        )
+        new = self.stage_and_record(retry_requests(self.store, records))
         for record in new:
             self._records[record.key] = record
         self.summary.restaged += len(new)
+
+    def stage_and_record(self, frame: DataFrame) -> list[BatchRecord]:
+        """Pack ``frame``'s requests into chunks, claim them for this run, record them ``staged``.
+
+        Write-ahead: the chunks (members and lines), then this run's leases on their keys, then
+        the ``staged`` rows that put their requests in flight.
+        """
+        staged = self._restage(frame)
+        if not staged.chunks:
+            return []
+        self.leases.claim([chunk.key for chunk in staged.chunks])  # fresh keys: always won
+        return self.store.record_staged(
+            staged, provider=self.provider.name, endpoint=self.config.endpoint
+        )
 
     def _requeue(self, record: BatchRecord) -> bool:
         """Queue full: move the members to a new key, abandon this one; False when out of tries."""
@@ -169,10 +198,11 @@ class EndedPhase:
         if tries >= self.config.retry.attempts_for("rate_limited"):
             return False
         new_key = uuid.uuid4().hex
-        self.store.copy_members(record.key, new_key)
+        self.store.copy_chunk(record.key, new_key)
+        self.leases.claim([new_key])  # before the row that makes it a batch
         fresh = BatchRecord(
             key=new_key, seq=0, state=Phase.UPLOADED, provider=record.provider, model=record.model,
-            endpoint=record.endpoint, attempt=record.attempt, uri=record.uri, requests=record.requests,
+            endpoint=record.endpoint, attempt=record.attempt, uri=new_key, requests=record.requests,
             nbytes=record.nbytes, input_ref=record.input_ref, updated_at=time.time(),
         )  # fmt: skip
         self._commit(
@@ -190,16 +220,15 @@ class EndedPhase:
         return True
 
     def _cleanup(self, records: list[BatchRecord]) -> None:
-        """Best effort: drop provider input files and chunk files of collected batches."""
+        """Best effort: drop the provider's input files of collected batches."""
         for record in records:
             try:
                 self.provider.cleanup(record.input_ref)
-                delete_chunk(record.uri)
             except Exception as exc:  # cleanup never fails a run
                 log.debug("batch %s: cleanup skipped: %s", record.key, exc)
 
     def stage(self, frame: DataFrame) -> StagedChunks:
-        """Pack ``frame``'s requests (first attempts and retries alike) into chunk files."""
+        """Pack ``frame``'s requests (first attempts and retries alike) into chunks in the store."""
         from spark_llm_batch import _pack
 
         max_requests, max_bytes = self.provider.batch_limits(self.config)
@@ -208,7 +237,6 @@ class EndedPhase:
             frame,
             max_requests=max_requests,
             max_bytes=max_bytes,
-            staging_uri=self.store.staging_uri,
             model=self.config.model_name,
-            record_members=self.store.append_members,
+            sink=self.store,
         )

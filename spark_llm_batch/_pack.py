@@ -11,10 +11,12 @@ The algorithm runs on executors in two Spark jobs; only per-part statistics reac
    ranked by ``(size desc, hash)`` after the rows of the parts before it, are dealt in snake order
    (rank ``r`` to chunk ``0..K-1``, then ``K-1..0``, ...).
 3. Write (one job, the full lines). Rows are shuffled by part and sorted within it; each task deals
-   its parts' rows (dropping duplicates, adjacent after the sort) and streams every chunk's lines to
-   ``<staging>/<key>/part-<p>.jsonl`` through ``pyarrow.fs``; its output rows are the members
-   (``hash``, ``batch_key``, ``attempt``), which the caller commits in the same job. No row passes
-   through the driver. The written bytes are checked against the plan.
+   its parts' rows (dropping duplicates, adjacent after the sort) to chunks, and its output rows
+   (``batch_key``, ``hash``, ``attempt``, ``nbytes``, ``line``) are appended to the store's
+   ``chunks`` table by the sink in the same job: Spark writes them, wherever the store is. No row
+   passes through the driver. Every line's size is checked against its measured size as it is
+   dealt, and each chunk's count and bytes (read back from the table's narrow columns) against the
+   plan and the limits.
 
 Guarantee (the bound and its proof: ``_pack_plan``): both limits always hold, and a group uses at
 most one chunk more than its limits require unless its largest line is too large a share of the
@@ -23,12 +25,10 @@ byte limit, for any input partitioning.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from spark_llm_batch._chunk_files import chunk_parts, resolve_staging
 from spark_llm_batch._columns import ATTEMPT, HASH, LINE, NBYTES
 from spark_llm_batch._pack_plan import FINE_PARTS, _dealt, _Group, _Plan, _plan
 from spark_llm_batch.errors import ConfigError, SparkLLMBatchError
@@ -45,9 +45,6 @@ _SIZE = "__llm_pack_size"
 _GROUP = "__llm_pack_attempt"
 _FINE = "__llm_pack_fine"
 _PART = "__llm_pack_part"
-
-MembersSink = Callable[["DataFrame"], None]
-"""Commits the members frame (``__llm_hash``, ``batch_key``, ``attempt``) in one Spark action."""
 
 
 @dataclass
@@ -103,57 +100,19 @@ def _measure(rows: DataFrame) -> list[_Group]:
     return [groups[a] for a in sorted(groups)]
 
 
-@dataclass
-class _OpenChunk:
-    """A part file being written by one task."""
-
-    stream: Any
-    temp: str
-    final: str
-
-
 class _Dealer:
-    """The ``mapInArrow`` function: deal a task's sorted rows to chunks, write them, yield members."""
+    """The ``mapInArrow`` function: deal a task's sorted rows to chunks; yield the chunks' rows."""
 
-    def __init__(self, plan: _Plan, staging_uri: str) -> None:
+    def __init__(self, plan: _Plan) -> None:
         self.plan = plan
-        self.staging_uri = staging_uri
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import pyarrow.fs as pafs
-
-        fs, base = pafs.FileSystem.from_uri(self.staging_uri)
-        local = isinstance(fs, pafs.LocalFileSystem)
-        files: dict[tuple[int, int], _OpenChunk] = {}
         state: dict[str, Any] = {"last": None, "run": None, "index": 0}
+        for batch in batches:
+            if batch.num_rows:
+                yield self._deal(batch, state)
 
-        def open_file(chunk: int, part: int) -> _OpenChunk:
-            folder = f"{base}/{self.plan.keys[chunk]}"
-            fs.create_dir(folder, recursive=True)
-            final = f"{folder}/part-{part:05d}.jsonl"
-            # Local files are written aside and renamed, so a retried task never leaves half a
-            # file; object stores publish an object only when its upload completes.
-            temp = f"{final}.{uuid.uuid4().hex}.tmp" if local else final
-            return _OpenChunk(fs.open_output_stream(temp), temp, final)
-
-        try:
-            for batch in batches:
-                if batch.num_rows:
-                    yield self._deal(batch, state, files, open_file)
-        finally:
-            for entry in files.values():
-                entry.stream.close()
-        for entry in files.values():
-            if local:
-                fs.move(entry.temp, entry.final)
-
-    def _deal(
-        self,
-        batch: pa.RecordBatch,
-        state: dict[str, Any],
-        files: dict[tuple[int, int], _OpenChunk],
-        open_file: Callable[[int, int], _OpenChunk],
-    ) -> pa.RecordBatch:
+    def _deal(self, batch: pa.RecordBatch, state: dict[str, Any]) -> pa.RecordBatch:
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -172,20 +131,24 @@ class _Dealer:
         parts, groups = parts[keep], groups[keep]
         index = _run_index(parts, groups, state)
         chunk = self._chunks(parts, groups, index)
-        lines = kept.column(LINE)
-        with_newline = pc.binary_join_element_wise(
-            lines, pa.scalar("", lines.type), pa.scalar("\n", lines.type)
-        )
-        for part, target in sorted(set(zip(parts.tolist(), chunk.tolist(), strict=True))):
-            selected = pc.filter(with_newline, pa.array((parts == part) & (chunk == target)))
-            entry = files.get((target, part))
-            if entry is None:
-                entry = files[(target, part)] = open_file(target, part)
-            entry.stream.write(_utf8_payload(selected))
+        lines, sizes = kept.column(LINE), kept.column(_SIZE)
+        if lines.null_count:
+            raise SparkLLMBatchError("a request line to stage is null")
+        measured = pc.add(pc.binary_length(lines).cast(pa.int64()), 1)
+        if not pc.all(pc.equal(measured, sizes.cast(pa.int64()))).as_py():
+            raise SparkLLMBatchError(
+                "a request line's size differs from the size its encoder gave (__llm_bytes)"
+            )
         keys = pa.array(self.plan.keys, pa.string())
         return pa.RecordBatch.from_arrays(
-            [kept.column(HASH), pc.take(keys, pa.array(chunk)), pa.array(groups, pa.int32())],
-            [HASH, "batch_key", "attempt"],
+            [
+                pc.take(keys, pa.array(chunk)),
+                kept.column(HASH),
+                pa.array(groups, pa.int32()),
+                measured,
+                lines,
+            ],
+            ["batch_key", "hash", "attempt", "nbytes", "line"],
         )
 
     def _chunks(self, parts: np.ndarray, groups: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -225,24 +188,24 @@ def _run_index(parts: np.ndarray, groups: np.ndarray, state: dict[str, Any]) -> 
     return index
 
 
-def _utf8_payload(strings: pa.Array) -> pa.Buffer:
-    """The concatenated bytes of a string array without nulls (a slice of its data buffer)."""
-    import numpy as np
-    import pyarrow as pa
-
-    if strings.null_count:
-        raise SparkLLMBatchError("a request line to write is null")
-    wide = pa.types.is_large_string(strings.type) or pa.types.is_large_binary(strings.type)
-    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64 if wide else np.int32)
-    start, end = int(offsets[strings.offset]), int(offsets[strings.offset + len(strings)])
-    return strings.buffers()[2].slice(start, end - start)
-
-
 def _parallelism(spark: SparkSession) -> int:
     try:
         return int(spark.conf.get("spark.sql.shuffle.partitions") or 8)
     except Exception:  # an unset or non-numeric value ("auto" on some platforms)
         return 8
+
+
+class ChunkSink(Protocol):
+    """Where staged chunks go: the store's ``chunks`` table (:class:`~spark_llm_batch._store.Store`)."""
+
+    def append_chunks(self, rows: DataFrame) -> None:
+        """Append the dealt rows (``batch_key``, ``hash``, ``attempt``, ``nbytes``, ``line``) in
+        one Spark action and one commit: the write job."""
+        ...
+
+    def chunk_sizes(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per chunk key: (lines, bytes) as committed."""
+        ...
 
 
 def stage_chunks(
@@ -251,12 +214,11 @@ def stage_chunks(
     *,
     max_requests: int,
     max_bytes: int,
-    staging_uri: str,
     model: str,
-    record_members: MembersSink,
+    sink: ChunkSink,
     attempt_col: str = ATTEMPT,
 ) -> StagedChunks:
-    """Pack pending requests into chunks within both limits and write them to the staging area.
+    """Pack pending requests into chunks within both limits and stage their lines in the store.
 
     See the module docstring for the algorithm and ``_pack_plan``'s for its guarantee: every chunk
     holds at most ``max_requests`` lines and ``max_bytes`` bytes (newlines included); each attempt
@@ -270,26 +232,22 @@ def stage_chunks(
         pending_df: one row per request to send: ``__llm_hash``, ``__llm_line`` (rows with a null
             line are ignored) and optionally ``attempt_col`` and ``__llm_bytes``, the line's UTF-8
             size plus its newline (then rows with null bytes are ignored; a wrong size fails the
-            written-bytes check); a hash that appears more than once with one attempt value is
-            sent once.
+            write job); a hash that appears more than once with one attempt value is sent once.
         max_requests: the provider's request limit per batch.
         max_bytes: the provider's byte limit per batch input file.
-        staging_uri: a directory (local path or ``pyarrow.fs`` URI) for the chunks.
         model: the model every line uses, recorded on each :class:`ChunkRef`.
-        record_members: commits the members frame; it runs the write job, so the members always
-            match the files.
+        sink: appends the chunks' rows (the write job) and reads back their sizes.
         attempt_col: the column holding each request's attempt number (missing or null: 1).
 
     Returns:
-        The written chunks, each a directory ``<staging_uri>/<key>`` (key a fresh uuid4 hex).
+        The staged chunks (keys fresh uuid4 hex), as committed.
 
     Raises:
         ConfigError: a line is larger than ``max_bytes`` (encode with the same limits).
 
     Example:
         >>> staged = stage_chunks(spark, pending, max_requests=50_000, max_bytes=200 << 20,
-        ...                       staging_uri="/tmp/store/staging", model="gpt-4o-mini",
-        ...                       record_members=store.append_members)  # doctest: +SKIP
+        ...                       model="gpt-4o-mini", sink=store)  # doctest: +SKIP
         >>> [(c.requests, c.nbytes) for c in staged.chunks]  # doctest: +SKIP
         [(33334, 10400208), (33333, 10399896), (33333, 10399896)]
     """
@@ -306,40 +264,50 @@ def stage_chunks(
             "requests with the same limits so that such rows fail as 'too_large'"
         )
     plan = _plan(groups, max_requests, max_bytes, _parallelism(spark))
-    uri = resolve_staging(staging_uri)
     by_part = (
         rows.withColumn(_PART, F.pmod(F.col(_FINE), F.lit(plan.parts)).cast("int"))
         .select(HASH, LINE, _SIZE, _GROUP, _PART)
         .repartition(plan.parts, _PART)
         .sortWithinPartitions(_PART, _GROUP, F.col(_SIZE).desc(), HASH)
     )
-    members = by_part.mapInArrow(
-        _Dealer(plan, uri), f"`{HASH}` STRING, batch_key STRING, attempt INT"
+    dealt = by_part.mapInArrow(
+        _Dealer(plan),
+        "batch_key STRING, hash STRING, attempt INT, nbytes BIGINT, line STRING",
     )
-    record_members(members)
-    return StagedChunks(_written(plan, groups, uri, model, max_requests, max_bytes))
+    sink.append_chunks(dealt)
+    sizes = sink.chunk_sizes(plan.keys)
+    return StagedChunks(_written(plan, groups, sizes, model, max_requests, max_bytes))
 
 
 def _written(
-    plan: _Plan, groups: list[_Group], uri: str, model: str, max_requests: int, max_bytes: int
+    plan: _Plan,
+    groups: list[_Group],
+    sizes: dict[str, tuple[int, int]],
+    model: str,
+    max_requests: int,
+    max_bytes: int,
 ) -> list[ChunkRef]:
-    """The chunks as written, checked against the plan (counts) and the limits (bytes)."""
+    """The chunks as committed, checked against the plan (counts, bytes) and the limits."""
     chunks = []
     for group in groups:
         k, base = plan.ks[group.attempt], plan.bases[group.attempt]
         written = 0
         for i in range(k):
             key = plan.keys[base + i]
-            nbytes = sum(size for _, size in chunk_parts(f"{uri}/{key}"))
+            lines, nbytes = sizes.get(key, (0, 0))
             requests = _dealt(group.n, k, i)
+            if lines != requests:
+                raise SparkLLMBatchError(
+                    f"chunk {key} holds {lines} lines in the store, {requests} were dealt"
+                )
             if nbytes > max_bytes or requests > max_requests:
                 raise SparkLLMBatchError(
                     f"chunk {key} breaks a limit: {requests} lines, {nbytes} bytes"
                 )
             written += nbytes
-            chunks.append(ChunkRef(key, f"{uri}/{key}", requests, nbytes, model, group.attempt))
+            chunks.append(ChunkRef(key, requests, nbytes, model, group.attempt))
         if written != group.total:
             raise SparkLLMBatchError(
-                f"chunk files of attempt {group.attempt} hold {written} bytes, planned {group.total}"
+                f"chunks of attempt {group.attempt} hold {written} bytes, planned {group.total}"
             )
     return chunks

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from spark_llm_batch.config import RetryPolicy
 from spark_llm_batch.errors import redact
 from spark_llm_batch.providers.base import ResultRecord, ResultRow
 
@@ -47,7 +46,6 @@ __all__ = [
     "openai_row",
     "parse_openai_line",
     "parse_openai_row",
-    "should_retry",
 ]
 
 FAILURE_CLASSES: frozenset[str] = frozenset(
@@ -98,20 +96,6 @@ _WORD_CLASSES = {
     "batch_expired": "expired",
     "batch_cancelled": "cancelled",
 }
-
-
-def should_retry(error_class: str | None, attempt: int, policy: RetryPolicy) -> bool:
-    """Whether a request that failed with ``error_class`` on attempt ``attempt`` gets another try.
-
-    Example:
-        >>> should_retry("rate_limited", 1, RetryPolicy())
-        True
-        >>> should_retry("invalid_request", 1, RetryPolicy())
-        False
-    """
-    if error_class not in RETRYABLE:
-        return False
-    return attempt < policy.attempts_for(error_class)
 
 
 def classify_http_error(

@@ -10,11 +10,12 @@ Public surface (used by ``api`` and the orchestrator)::
     store.final_hashes()        -> DataFrame[__llm_hash]                answered for good
     store.inflight_hashes()     -> DataFrame[__llm_hash]                in a batch not yet collected
     store.attempts()            -> DataFrame[__llm_hash, __llm_attempt] last attempt of non-final ones
-    store.append_members(members)   the sink packing commits members through
+    store.append_chunks(rows)   the sink packing stages chunks through (members and their lines)
     store.record_staged(staged, provider=..., endpoint=...) -> list[BatchRecord]
+    store.chunk_lines(keys)     -> DataFrame[batch_key, hash, attempt, nbytes, line]  what uploads send
+    store.sweep_chunks()        drop the lines of collected batches and of crashed runs' chunks
     store.results_df()          -> DataFrame[__llm_hash, status, text, ..., attempt, final]
     store.progress()            -> Progress (batches by state, requests done / total)
-    store.staging_uri           where chunk files are written
 
 Write-ahead rule: every method that commits says, in its docstring, which side effect may follow.
 Each Delta commit costs 0.3-1 s, so transitions of many batches go in one append
@@ -32,8 +33,10 @@ from typing import TYPE_CHECKING, Protocol
 from spark_llm_batch import _columns as C
 from spark_llm_batch import _failpoints
 from spark_llm_batch._progress import Progress, summarize
+from spark_llm_batch._store_commit import committing
 from spark_llm_batch._store_tables import (
     BATCH_COLUMNS,
+    CHUNK_COLUMNS,
     MIGRATIONS,
     RETIRED_MIGRATIONS,
     TABLES,
@@ -44,13 +47,18 @@ from spark_llm_batch.errors import ConfigError, StoreError
 from spark_llm_batch.providers.base import ChunkRef
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    import pyarrow as pa
+    from pyspark.sql import Column, DataFrame, SparkSession
 
-__all__ = ["StagedLike", "Store"]
+__all__ = ["ORPHAN_AGE_SECONDS", "StagedLike", "Store"]
 
 log = logging.getLogger("spark_llm_batch")
 
 _TERMINAL = [p.value for p in Phase if p.is_terminal]
+_CHUNK_NAMES = [name for name, _ in CHUNK_COLUMNS]
+
+ORPHAN_AGE_SECONDS = 24 * 3600.0
+"""How old staged rows no batch names must be before :meth:`Store.sweep_chunks` drops them."""
 
 
 class StagedLike(Protocol):
@@ -82,7 +90,9 @@ class Store:
         """
         store = cls(spark, location)
         try:
-            store._migrate()
+            # Two jobs creating one fresh store race on its first commits: the loser tries again
+            # and finds the tables there.
+            committing(f"opening the store at {location!r}", store._migrate)
         except StoreError:
             raise
         except (
@@ -99,19 +109,6 @@ class Store:
         if self.is_catalog:
             return ".".join(f"`{part}`" for part in [*self.location.split("."), name])
         return f"delta.`{self.location}/{name}`"
-
-    @property
-    def staging_uri(self) -> str:
-        """Where chunk files are staged: ``<store>/staging``, or the catalog schema's location."""
-        if not self.is_catalog:
-            return f"{self.location}/staging"
-        rows = self.spark.sql(f"DESCRIBE SCHEMA EXTENDED {self.location}").collect()
-        for row in rows:
-            if str(row[0]).lower() == "location" and row[1]:
-                return f"{str(row[1]).rstrip('/')}/_llm_staging"
-        raise ConfigError(
-            f"catalog schema {self.location!r} has no location to stage chunk files in"
-        )
 
     def applied_migrations(self) -> list[str]:
         """Names of the migrations recorded in ``_migrations``, in order."""
@@ -158,9 +155,15 @@ class Store:
         """Append ``frame`` to table ``name`` in one Delta commit."""
         writer = frame.write.format("delta").mode("append")
         if self.is_catalog:
-            writer.saveAsTable(self.table_ref(name).replace("`", ""))
+            target = self.table_ref(name).replace("`", "")
+            committing(f"appending to {name}", lambda: writer.saveAsTable(target))
         else:
-            writer.save(f"{self.location}/{name}")
+            committing(f"appending to {name}", lambda: writer.save(f"{self.location}/{name}"))
+
+    def _delete(self, name: str, condition: str) -> None:
+        """``DELETE FROM`` table ``name`` where ``condition`` (SQL): one commit."""
+        statement = f"DELETE FROM {self.table_ref(name)} WHERE {condition}"
+        committing(f"deleting from {name}", lambda: self.spark.sql(statement).collect())
 
     # ---- batches: the event log -------------------------------------------------------------------
 
@@ -225,22 +228,19 @@ class Store:
             records.append(BatchRecord.from_row(values))
         return sorted(records, key=lambda r: (r.attempt, r.key))
 
-    def live_chunk_names(self) -> set[str]:
-        """The chunk folder names of every batch not yet collected (any provider, model)."""
-        return {r.uri.rstrip("/").rsplit("/", 1)[-1] for r in self.current_batches() if r.uri}
-
     def record_staged(
         self, staged: StagedLike, *, provider: str, endpoint: str
     ) -> list[BatchRecord]:
         """Record freshly staged chunks: their ``staged`` batch rows, in one commit.
 
-        Write-ahead: packing committed the members (:meth:`append_members`) before these batch rows
-        make them "in flight", and the batch rows come before any upload. A crash in between leaves
-        members of no batch: ignored, and their requests are staged again by the next run.
+        Write-ahead: packing committed the chunks (:meth:`append_chunks`: members and lines) before
+        these batch rows make them "in flight", and the batch rows come before any upload. A crash
+        in between leaves chunks of no batch: ignored (swept a day later), and their requests are
+        staged again by the next run.
 
         Args:
-            staged: ``_pack.stage_chunks`` output (chunks written, members committed; the chunk
-                files also keep the lines a retry re-sends, until the batch is collected).
+            staged: ``_pack.stage_chunks`` output (chunks committed; they also keep the lines a
+                retry re-sends, until the batch is collected).
             provider: the provider's registry name.
             endpoint: the provider endpoint every line targets.
 
@@ -263,41 +263,117 @@ class Store:
         _failpoints.hit("after_stage")
         return records
 
-    def append_members(self, members: DataFrame) -> None:
-        """Commit ``members`` (``__llm_hash``, ``batch_key``, ``attempt``) in one append.
+    # ---- chunks: staged lines -----------------------------------------------------------------------
 
-        Packing passes this as its sink: the append runs the job that writes the chunk files, so
-        the committed members are exactly the written lines. They count as in flight only once
-        :meth:`record_staged` commits their batch rows.
+    def append_chunks(self, rows: DataFrame) -> None:
+        """Commit packing's dealt rows (``batch_key``, ``hash``, ``attempt``, ``nbytes``, ``line``)
+        to ``chunks`` in one append: the Spark job that builds them.
+
+        They count as in flight only once :meth:`record_staged` commits their batch rows; until
+        then they are members of no batch (ignored, and swept a day later).
         """
         from pyspark.sql import functions as F
 
-        self._append(
-            "members",
-            members.select(
-                F.col(C.HASH).alias("hash"),
-                F.col("batch_key"),
-                F.col("attempt").cast("int").alias("attempt"),
-            ),
-        )
+        now = dt.datetime.now(dt.timezone.utc)
+        self._append("chunks", rows.withColumn("staged_at", F.lit(now)).select(*_CHUNK_NAMES))
 
-    def copy_members(self, old_key: str, new_key: str) -> None:
-        """Commit ``old_key``'s members under ``new_key`` (before the new batch's row exists)."""
+    def chunk_sizes(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per chunk key: (lines, bytes) as committed (narrow columns only)."""
         from pyspark.sql import functions as F
 
-        frame = self.table("members").where(F.col("batch_key") == old_key)
-        self._append(
-            "members",
-            frame.withColumn("batch_key", F.lit(new_key)).select("hash", "batch_key", "attempt"),
+        rows = (
+            self.chunk_lines(keys)
+            .groupBy("batch_key")
+            .agg(F.count(F.lit(1)).alias("n"), F.sum("nbytes").alias("b"))
+            .collect()
         )
+        return {row["batch_key"]: (int(row["n"]), int(row["b"])) for row in rows}
 
-    # ---- request-level views ----------------------------------------------------------------------
+    def chunk_lines(self, keys: Sequence[str]) -> DataFrame:
+        """The ``chunks`` rows of the given batch keys (a partition filter: only theirs are read)."""
+        from pyspark.sql import functions as F
+
+        return self.table("chunks").where(F.col("batch_key").isin(list(keys)))
+
+    def copy_chunk(self, old_key: str, new_key: str) -> None:
+        """Commit ``old_key``'s rows under ``new_key`` (before the new batch's row exists)."""
+        from pyspark.sql import functions as F
+
+        frame = self.chunk_lines([old_key]).withColumn("batch_key", F.lit(new_key))
+        self._append("chunks", frame.select(*_CHUNK_NAMES))
 
     def members_of(self, keys: Sequence[str]) -> DataFrame:
         """Members (``hash``, ``batch_key``, ``attempt``) of the given batches."""
+        return self.chunk_lines(keys).select("hash", "batch_key", "attempt")
+
+    def sweep_chunks(self, *, older_than: float = ORPHAN_AGE_SECONDS) -> int:
+        """Delete the ``chunks`` rows no batch still needs; return how many keys were dropped.
+
+        A batch's lines are needed until it is collected (uploads, retries read them). Dropped:
+        the rows of collected and abandoned batches, and rows no batch names that were staged
+        more than ``older_than`` seconds ago (a crash between packing's write and the batch
+        commit; younger ones may belong to a run staging right now). Each dropped key is a whole
+        partition, so the DELETE rewrites no file. Best effort: a failure only logs.
+        """
         from pyspark.sql import functions as F
 
-        return self.table("members").where(F.col("batch_key").isin(list(keys)))
+        try:
+            present = (
+                self.table("chunks").groupBy("batch_key").agg(F.min("staged_at").alias("staged_at"))
+            )
+            states = self.current_batches_df().select(F.col("key").alias("batch_key"), "state")
+            cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than)
+            done = present.join(states, "batch_key", "left").where(
+                F.col("state").isin(_TERMINAL)
+                | (F.col("state").isNull() & (F.col("staged_at") < F.lit(cutoff)))
+            )
+            keys = [row[0] for row in done.select("batch_key").collect()]
+            if keys:
+                self._delete("chunks", f"batch_key IN ({_sql_strings(keys)})")
+                # Leases of finished batches (and old staging ones) expired long ago.
+                stamp = cutoff.strftime("%Y-%m-%d %H:%M:%S")
+                self._delete("leases", f"expires_at < TIMESTAMP '{stamp}+00:00'")
+                log.info(
+                    "store %s: dropped the staged lines of %d batch(es)", self.location, len(keys)
+                )
+            return len(keys)
+        except Exception as exc:  # cleanup never fails a run
+            log.warning("store %s: staged lines not swept: %s", self.location, _first_line(exc))
+            return 0
+
+    # ---- downloads: result lines the driver transport staged ------------------------------------
+
+    def append_downloads(self, collection: str, window: pa.Table) -> None:
+        """Append one window of downloaded result rows (``RESULT_ROW_COLUMNS``) under ``collection``."""
+        from pyspark.sql import functions as F
+
+        now = dt.datetime.now(dt.timezone.utc)
+        frame = self.spark.createDataFrame(window)
+        frame = frame.select(
+            F.lit(collection).alias("collection"), *frame.columns, F.lit(now).alias("downloaded_at")
+        )
+        self._append("downloads", frame)
+
+    def downloads(self, collection: str) -> DataFrame:
+        """The rows downloaded under ``collection`` (``RESULT_ROW_COLUMNS``)."""
+        from pyspark.sql import functions as F
+
+        frame = self.table("downloads").where(F.col("collection") == collection)
+        return frame.drop("collection", "downloaded_at")
+
+    def drop_downloads(self, collection: str, *, older_than: float = ORPHAN_AGE_SECONDS) -> None:
+        """Delete ``collection``'s downloads, and any a crashed run left over a day ago."""
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than)
+        try:
+            self._delete(
+                "downloads",
+                f"collection = {_sql_strings([collection])} OR downloaded_at < "
+                f"TIMESTAMP '{cutoff.strftime('%Y-%m-%d %H:%M:%S')}+00:00'",
+            )
+        except Exception as exc:  # cleanup never fails a run
+            log.warning("store %s: downloads not dropped: %s", self.location, _first_line(exc))
+
+    # ---- request-level views ----------------------------------------------------------------------
 
     def inflight_hashes(self, exclude_keys: Sequence[str] = ()) -> DataFrame:
         """``__llm_hash`` of every request in a batch that is neither collected nor abandoned."""
@@ -307,21 +383,35 @@ class Store:
         if exclude_keys:
             active = active.where(~F.col("key").isin(list(exclude_keys)))
         keys = active.select(F.col("key").alias("batch_key"))
-        members = self.table("members").join(keys, "batch_key", "left_semi")
+        members = self.table("chunks").join(keys, "batch_key", "left_semi")
         return members.select(F.col("hash").alias(C.HASH)).distinct()
 
-    def final_hashes(self) -> DataFrame:
-        """``__llm_hash`` of every request answered for good (succeeded or failed without retry)."""
+    def final_hashes(self, retry_classes: frozenset[str] = frozenset()) -> DataFrame:
+        """``__llm_hash`` of every request answered for good (succeeded, or failed without retry),
+        but for failures of ``retry_classes`` (the user asked to send those again)."""
         from pyspark.sql import functions as F
 
-        return self.table("results").where(F.col("final")).select(F.col("hash").alias(C.HASH))
+        return (
+            self.table("results")
+            .where(F.col("final") & ~self._asked_again(retry_classes))
+            .select(F.col("hash").alias(C.HASH))
+        )
 
-    def attempts(self) -> DataFrame:
-        """``__llm_hash``, ``__llm_attempt``: the last attempt of every request with a non-final result."""
+    def attempts(self, retry_classes: frozenset[str] = frozenset()) -> DataFrame:
+        """``__llm_hash``, ``__llm_attempt``: the last attempt of every request with an open result
+        (not final, or a failure of ``retry_classes``)."""
         from pyspark.sql import functions as F
 
-        frame = self.table("results").where(~F.col("final"))
+        frame = self.table("results").where(~F.col("final") | self._asked_again(retry_classes))
         return frame.select(F.col("hash").alias(C.HASH), F.col("attempt").alias(C.ATTEMPT))
+
+    @staticmethod
+    def _asked_again(retry_classes: frozenset[str]) -> Column:
+        from pyspark.sql import functions as F
+
+        if not retry_classes:
+            return F.lit(False)
+        return (F.col("status") != "succeeded") & F.col("error_class").isin(sorted(retry_classes))
 
     def results_df(self) -> DataFrame:
         """The results table with ``hash`` named ``__llm_hash`` (one row per request hash)."""
@@ -330,7 +420,8 @@ class Store:
     def merge_results(self, source: DataFrame, *, insert_only: bool = False) -> int:
         """MERGE result rows (results-table columns, one per hash) into ``results``: one commit.
 
-        A final row is never overwritten, and an older attempt never overwrites a newer one, so
+        A success is never overwritten, a final failure only by a later attempt (one that
+        ``retry_failed`` sent again), and an older attempt never overwrites a newer one, so
         merging the same collection twice (a crash during collection) changes nothing.
 
         Args:
@@ -347,14 +438,18 @@ class Store:
         view = f"llm_batch_results_{uuid.uuid4().hex}"
         source.createOrReplaceTempView(view)
         try:
-            return self._merge_into_results(view, update=not insert_only)
+            return committing(
+                "merging into results",
+                lambda: self._merge_into_results(view, update=not insert_only),
+            )
         finally:
             self.spark.catalog.dropTempView(view)
 
     def _merge_into_results(self, view: str, *, update: bool) -> int:
         """Run the MERGE from temp view ``view``; return rows inserted plus updated."""
         matched = (
-            "WHEN MATCHED AND NOT t.final AND s.attempt >= t.attempt THEN UPDATE SET * "
+            "WHEN MATCHED AND ((NOT t.final AND s.attempt >= t.attempt) OR (t.final AND "
+            "t.status <> 'succeeded' AND s.attempt > t.attempt)) THEN UPDATE SET * "
             if update
             else ""
         )
@@ -378,6 +473,11 @@ class Store:
         return summarize(
             self.current_batches(provider=provider, model=model, include_terminal=True)
         )
+
+
+def _sql_strings(values: Sequence[str]) -> str:
+    """``values`` as a list of SQL string literals (quotes doubled)."""
+    return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
 
 
 def _first_line(exc: BaseException) -> str:

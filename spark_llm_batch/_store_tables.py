@@ -5,8 +5,14 @@ Tables (Delta; under the store path, or in the store's catalog schema):
 - ``_migrations(name, ordinal, applied_at)``: which migrations of :data:`MIGRATIONS` ran.
 - ``batches``: an append-only event log, one row per transition of a batch. The current state of a
   batch is its row with the highest ``seq``. Columns: see :data:`BATCH_COLUMNS`.
-- ``members(hash, batch_key, attempt)``: which request is in which batch.
+- ``chunks``: the staged request lines, one row per request of every batch not yet collected (which
+  request is in which batch, at which attempt, and its exact line), partitioned by ``batch_key``;
+  see :data:`CHUNK_COLUMNS`. A batch's rows are deleted once it is collected.
 - ``results``: one row per request hash (MERGE), see :data:`RESULT_COLUMNS`.
+- ``leases(name, holder, expires_at)``: which run stages now, and which run drives each batch
+  (``spark_llm_batch._leases``).
+- ``downloads``: with ``transport="driver"``, the parsed result lines of a collection on their way
+  into ``results`` (:data:`DOWNLOAD_COLUMNS`); dropped once merged.
 
 Rows of ``batches`` and ``results`` carry ``format_version``; a reader meeting a version newer than
 :data:`FORMAT_VERSION` refuses to guess and raises :class:`~spark_llm_batch.errors.StoreError`.
@@ -26,9 +32,11 @@ from spark_llm_batch.providers.base import ChunkRef
 
 __all__ = [
     "BATCH_COLUMNS",
+    "CHUNK_COLUMNS",
     "FORMAT_VERSION",
     "MIGRATIONS",
     "RESULT_COLUMNS",
+    "RESULT_FIELDS",
     "RETIRED_MIGRATIONS",
     "TABLES",
     "BatchRecord",
@@ -39,14 +47,14 @@ __all__ = [
 FORMAT_VERSION = 1
 """The row format this code writes and understands."""
 
-TABLES = ("_migrations", "batches", "members", "results")
+TABLES = ("_migrations", "batches", "chunks", "downloads", "leases", "results")
 
 
 class Phase(str, enum.Enum):
     """Our side of a batch's life, stored by value in ``batches.state``.
 
     ``staged → uploaded → creating → submitted → ended → collected``; ``abandoned`` when superseded
-    (re-queued as a new batch) or impossible to submit (its chunk file is gone).
+    (re-queued as a new batch) or impossible to submit (its staged lines are gone).
     """
 
     STAGED = "staged"
@@ -86,8 +94,19 @@ BATCH_COLUMNS = (
     ("format_version", "INT"),
 )
 
-RESULT_COLUMNS = (
+CHUNK_COLUMNS = (
+    ("batch_key", "STRING"),
     ("hash", "STRING"),
+    ("attempt", "INT"),
+    ("nbytes", "BIGINT"),
+    ("line", "STRING"),
+    ("staged_at", "TIMESTAMP"),
+)
+"""The ``chunks`` table: a batch's members with the line each one sends (``nbytes``: its UTF-8 size
+plus the newline), written by packing's one job; ``staged_at`` tells the sweep how old rows that no
+batch names are."""
+
+RESULT_FIELDS = (
     ("status", "STRING"),
     ("text", "STRING"),
     ("finish_reason", "STRING"),
@@ -96,6 +115,24 @@ RESULT_COLUMNS = (
     ("input_tokens", "BIGINT"),
     ("output_tokens", "BIGINT"),
     ("model", "STRING"),
+)
+"""A request's outcome as one provider result line gives it: the fields of
+:class:`~spark_llm_batch.providers.base.ResultRecord` after ``custom_id``, in order. The one
+declaration the results table, the rows collection tasks return and the output struct derive from."""
+
+DOWNLOAD_COLUMNS = (
+    ("collection", "STRING"),
+    ("batch_key", "STRING"),
+    ("hash", "STRING"),
+    *RESULT_FIELDS,
+    ("downloaded_at", "TIMESTAMP"),
+)
+"""The ``downloads`` table: result lines the driver transport parsed, staged per collection until
+they are merged into ``results``."""
+
+RESULT_COLUMNS = (
+    ("hash", "STRING"),
+    *RESULT_FIELDS,
     ("batch_id", "STRING"),
     ("attempt", "INT"),
     ("final", "BOOLEAN"),
@@ -121,11 +158,12 @@ class Migration:
     sql: str
 
 
-RETIRED_MIGRATIONS = ("0003_create_requests",)
+RETIRED_MIGRATIONS = ("0002_create_members", "0003_create_requests")
 """Migrations of development versions that are no longer applied; a store that lists them opens.
 
-``0003_create_requests`` made a table of request lines for retries; retries now read the lines from
-the batch's staged chunk file, and a store that has the table leaves it untouched."""
+``0002_create_members`` (which request is in which batch) and ``0003_create_requests`` (request
+lines for retries) are both replaced by ``chunks``, which holds the members with their lines; a
+store that has the old tables leaves them untouched."""
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -133,12 +171,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"CREATE TABLE IF NOT EXISTS {{batches}} ({ddl(BATCH_COLUMNS)}) USING DELTA",
     ),
     Migration(
-        "0002_create_members",
-        "CREATE TABLE IF NOT EXISTS {members} (`hash` STRING, `batch_key` STRING, `attempt` INT) USING DELTA",
-    ),
-    Migration(
         "0004_create_results",
         f"CREATE TABLE IF NOT EXISTS {{results}} ({ddl(RESULT_COLUMNS)}) USING DELTA",
+    ),
+    Migration(
+        "0005_create_chunks",
+        f"CREATE TABLE IF NOT EXISTS {{chunks}} ({ddl(CHUNK_COLUMNS)}) USING DELTA "
+        "PARTITIONED BY (`batch_key`)",
+    ),
+    Migration(
+        "0006_create_downloads",
+        f"CREATE TABLE IF NOT EXISTS {{downloads}} ({ddl(DOWNLOAD_COLUMNS)}) USING DELTA "
+        "PARTITIONED BY (`collection`)",
+    ),
+    Migration(
+        "0007_create_leases",
+        "CREATE TABLE IF NOT EXISTS {leases} "
+        "(`name` STRING, `holder` STRING, `expires_at` TIMESTAMP) USING DELTA",
     ),
 )
 
@@ -147,7 +196,9 @@ MIGRATIONS: tuple[Migration, ...] = (
 class BatchRecord:
     """One row of the ``batches`` event log; the row with the highest ``seq`` is the batch's state.
 
-    ``updated_at`` is unix seconds here (a TIMESTAMP in the table).
+    ``updated_at`` is unix seconds here (a TIMESTAMP in the table). ``uri`` names where the batch's
+    lines are: its own ``batch_key`` in ``chunks`` (earlier development versions stored a chunk
+    file's path there).
     """
 
     key: str
@@ -182,7 +233,7 @@ class BatchRecord:
             model=chunk.model,
             endpoint=endpoint,
             attempt=chunk.attempt,
-            uri=chunk.uri,
+            uri=chunk.key,
             requests=chunk.requests,
             nbytes=chunk.nbytes,
             updated_at=time.time(),
@@ -199,7 +250,7 @@ class BatchRecord:
     @property
     def chunk(self) -> ChunkRef:
         """The chunk this batch submits."""
-        return ChunkRef(self.key, self.uri, self.requests, self.nbytes, self.model, self.attempt)
+        return ChunkRef(self.key, self.requests, self.nbytes, self.model, self.attempt)
 
     def to_row(self) -> tuple[Any, ...]:
         """The row in :data:`BATCH_COLUMNS` order (``updated_at`` as an aware UTC datetime)."""
@@ -244,6 +295,12 @@ class BatchRecord:
         ):
             if row.get(name) is None:
                 raise StoreError(f"batches.{name} is null for batch {key!r} (state {state.value})")
+        if not state.is_terminal and row.get("uri") != key:
+            raise StoreError(
+                f"batches.uri is {row.get('uri')!r} for batch {key!r} in state {state.value}: it was "
+                "staged as a chunk file by an earlier development version of spark-llm-batch; finish "
+                "it with that version, or point store= at a new location"
+            )
         if state is Phase.SUBMITTED and not row.get("batch_id"):
             raise StoreError(f"batches.batch_id is null for batch {key!r} in state {state.value}")
         fields = {f.name for f in dataclasses.fields(cls)}

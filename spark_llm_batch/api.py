@@ -15,25 +15,29 @@ if TYPE_CHECKING:
 
     from spark_llm_batch._orchestrator import Orchestrator
     from spark_llm_batch._store import Store
+    from spark_llm_batch._store_tables import BatchRecord
 
 __all__ = ["RESULT_FIELDS", "llm_batch"]
 
 log = logging.getLogger("spark_llm_batch")
 
-RESULT_FIELDS = (
-    "text",
-    "status",
-    "error_class",
-    "error_message",
-    "finish_reason",
-    "input_tokens",
-    "output_tokens",
-    "model",
-    "batch_id",
-    "attempts",
-    "request_hash",
-)
-"""The fields of the result struct column, in order."""
+_OUTPUT_NAMES = {"attempt": "attempts", "hash": "request_hash"}
+_BOOKKEEPING = ("final", "updated_at", "format_version")
+
+
+def _output_columns() -> list[tuple[str, str, str]]:
+    """(stored name, output name, SQL type) of the result struct, from the results table's one
+    declaration (:data:`~spark_llm_batch._store_tables.RESULT_COLUMNS`), the key last."""
+    from spark_llm_batch._store_tables import RESULT_COLUMNS
+
+    fields = [(n, t) for n, t in RESULT_COLUMNS if n not in _BOOKKEEPING and n != "hash"]
+    fields.append(("hash", "STRING"))
+    return [(n, _OUTPUT_NAMES.get(n, n), t) for n, t in fields]
+
+
+RESULT_FIELDS = tuple(name for _, name, _ in _output_columns())
+"""The fields of the result struct column, in order: the stored result's fields, ``attempts`` (the
+stored ``attempt``) and ``request_hash``."""
 
 
 def llm_batch(
@@ -50,8 +54,8 @@ def llm_batch(
         config: a ready :class:`~spark_llm_batch.config.BatchConfig`; ``options`` override its fields.
         **options: any :class:`~spark_llm_batch.config.BatchConfig` field: ``model`` and ``store`` are
             required, and ``system``, ``params``, ``response_format``, ``id_col``, ``output``,
-            ``result_col``, ``provider``, ``limits``, ``max_in_flight``, ``retry``, ``poll``,
-            ``provider_settings`` are optional.
+            ``result_col``, ``provider``, ``limits``, ``max_in_flight``, ``transport``,
+            ``retry``, ``retry_failed``, ``poll``, ``provider_settings`` are optional.
 
     Returns:
         The output Delta table, read back: every input column plus the struct column
@@ -66,8 +70,8 @@ def llm_batch(
         >>> out = llm_batch(df, "prompt", model="gpt-4o-mini", store="/lake/llm_store")  # doctest: +SKIP
         >>> out.select("id", "llm.text", "llm.status").show()  # doctest: +SKIP
     """
-    from spark_llm_batch import _encode, _validate
-    from spark_llm_batch._chunk_files import sweep_orphans
+    from spark_llm_batch import _encode, _transport, _validate
+    from spark_llm_batch._leases import STAGE, Leases
     from spark_llm_batch._orchestrator import Orchestrator
     from spark_llm_batch._store import Store
     from spark_llm_batch.providers import get_provider
@@ -77,21 +81,27 @@ def llm_batch(
     provider = get_provider(cfg)  # resolves credentials: a missing key fails here, before spending
     spark = df.sparkSession
     store = Store.open(spark, cfg.store)
-    sweep_orphans(store.staging_uri, store.live_chunk_names)
+    transport = _transport.choose(cfg.transport, store, provider)
 
     encoder = _encode.RequestEncoder.build(spark, provider, cfg)
+    leases = Leases(store, ttl=cfg.lease_seconds)
     # Persisted without the lines: the output needs only the input, the hash and encode failures;
     # lines are built (in the JVM) for pending rows only, from the same persisted rows.
     encoded = encoder.annotate(df, prompt_col).persist()
     try:
-        orchestrator = Orchestrator(spark, store, provider, cfg)
-        lines = encoder.line_column(encoded[f"`{prompt_col}`"], encoded[C.HASH])
-        staged = _stage_pending(encoded, lines, cfg, provider, store, orchestrator)
-        log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
-        summary = orchestrator.run()
+        with leases.heartbeat():
+            orchestrator = Orchestrator(
+                spark, store, provider, cfg, transport=transport, leases=leases
+            )
+            lines = encoder.line_column(encoded[f"`{prompt_col}`"], encoded[C.HASH])
+            # One run stages at a time: what another run has in flight is skipped, not sent twice.
+            with leases.holding(STAGE):
+                staged = _stage_pending(encoded, lines, cfg, store, orchestrator)
+            log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
+            summary = orchestrator.run()
         log.info("orchestration finished: %s", summary)
         output = _join_results(encoded, store, cfg)
-        return _write_output(output, cfg, prompt_col)
+        return _write_output(output, cfg, _default_output(df, cfg, prompt_col))
     finally:
         encoded.unpersist()
 
@@ -108,92 +118,76 @@ def _stage_pending(
     encoded: DataFrame,
     line: Column,
     cfg: BatchConfig,
-    provider: Any,
     store: Store,
     orchestrator: Orchestrator,
-) -> list[Any]:
-    """Stage every request not yet answered nor in flight; return the staged chunks.
+) -> list[BatchRecord]:
+    """Stage every request not yet answered nor in flight; return the staged batches.
 
     Duplicate requests (equal hashes) need no shuffle here: packing sorts equal hashes next to
     each other and keeps one.
     """
     from pyspark.sql import functions as F
 
+    again = cfg.retry_classes
     pending = (
         encoded.where(encoded[C.ERR_CLASS].isNull())
         .select(C.HASH, C.NBYTES, line.alias(C.LINE))
-        .join(store.final_hashes(), C.HASH, "left_anti")
+        .join(store.final_hashes(again), C.HASH, "left_anti")
         .join(store.inflight_hashes(), C.HASH, "left_anti")
-        .join(store.attempts(), C.HASH, "left")
+        .join(store.attempts(again), C.HASH, "left")
     )
     pending = pending.withColumn(C.ATTEMPT, F.coalesce(F.col(C.ATTEMPT) + 1, F.lit(1)))
-    staged = orchestrator.stage(pending)
-    if staged.chunks:
-        store.record_staged(staged, provider=provider.name, endpoint=cfg.endpoint)
-    return list(staged.chunks)
+    return orchestrator.stage_and_record(pending)
 
 
 def _join_results(encoded: DataFrame, store: Store, cfg: BatchConfig) -> DataFrame:
     """All input columns plus the result struct, one row per input row."""
     from pyspark.sql import functions as F
 
+    stored = [name for name, _, _ in _output_columns() if name != "hash"]
     results = store.results_df().select(
-        F.col(C.HASH), *[F.col(name).alias(f"__r_{name}") for name in _stored_result_fields()]
+        F.col(C.HASH), *[F.col(name).alias(f"__r_{name}") for name in stored]
     )
     joined = encoded.join(results, C.HASH, "left")
     input_cols = [c for c in encoded.columns if not c.startswith(C.RESERVED_PREFIX)]
     return joined.select(*input_cols, _result_struct().alias(cfg.result_col))
 
 
-def _stored_result_fields() -> tuple[str, ...]:
-    """The results table's per-request fields (not its key nor its bookkeeping columns)."""
-    from spark_llm_batch._store_tables import RESULT_COLUMNS
-
-    bookkeeping = {"hash", "final", "updated_at", "format_version"}
-    return tuple(name for name, _ in RESULT_COLUMNS if name not in bookkeeping)
+_PENDING_MESSAGE = (
+    "not answered yet: its batch is still in flight; run the same call again to collect it"
+)
 
 
 def _result_struct() -> Column:
-    """The result struct: encode failures first, then the stored result, else 'pending'."""
+    """The result struct: encode failures first, then the stored result, else ``pending``."""
     from pyspark.sql import functions as F
 
     encode_failed = F.col(C.ERR_CLASS).isNotNull()
     answered = F.col("__r_status").isNotNull()
-
-    def pick(stored: str, on_encode_failure: Column, otherwise: Column) -> Column:
-        return (
-            F.when(encode_failed, on_encode_failure)
-            .when(answered, F.col(stored))
-            .otherwise(otherwise)
-        )
-
-    null_str = F.lit(None).cast("string")
-    null_long = F.lit(None).cast("long")
-    return F.struct(
-        pick("__r_text", null_str, null_str).alias("text"),
-        pick("__r_status", F.lit("failed"), F.lit("pending")).alias("status"),
-        pick("__r_error_class", F.col(C.ERR_CLASS), F.lit("pending")).alias("error_class"),
-        pick(
-            "__r_error_message",
-            F.col(C.ERR_MSG),
-            F.lit(
-                "not answered yet: its batch is still in flight; run the same call again to collect it"
-            ),
-        ).alias("error_message"),
-        pick("__r_finish_reason", null_str, null_str).alias("finish_reason"),
-        pick("__r_input_tokens", null_long, null_long).cast("long").alias("input_tokens"),
-        pick("__r_output_tokens", null_long, null_long).cast("long").alias("output_tokens"),
-        pick("__r_model", null_str, null_str).alias("model"),
-        pick("__r_batch_id", null_str, null_str).alias("batch_id"),
-        pick("__r_attempt", F.lit(0), F.lit(0)).cast("int").alias("attempts"),
-        F.when(encode_failed, null_str).otherwise(F.col(C.HASH)).alias("request_hash"),
-    )
+    # What a field says for a row that failed to encode, and for one not answered yet (else null).
+    on_failure = {"status": F.lit("failed"), "error_class": F.col(C.ERR_CLASS),
+                  "error_message": F.col(C.ERR_MSG), "attempt": F.lit(0)}  # fmt: skip
+    pending = {"status": F.lit("pending"), "error_class": F.lit("pending"),
+               "error_message": F.lit(_PENDING_MESSAGE), "attempt": F.lit(0)}  # fmt: skip
+    fields = []
+    for stored, name, kind in _output_columns():
+        if stored == "hash":
+            value = F.when(encode_failed, F.lit(None)).otherwise(F.col(C.HASH))
+        else:
+            null = F.lit(None)
+            value = (
+                F.when(encode_failed, on_failure.get(stored, null))
+                .when(answered, F.col(f"__r_{stored}"))
+                .otherwise(pending.get(stored, null))
+            )
+        fields.append(value.cast(kind).alias(name))
+    return F.struct(*fields)
 
 
-def _write_output(output: DataFrame, cfg: BatchConfig, prompt_col: str) -> DataFrame:
+def _write_output(output: DataFrame, cfg: BatchConfig, default: str) -> DataFrame:
     """Write the output Delta table (overwriting a previous run's) and read it back."""
     spark = output.sparkSession
-    target = cfg.output or _default_output_path(cfg, prompt_col)
+    target = cfg.output or default
     writer = output.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if _is_table_name(target):
         writer.saveAsTable(target)
@@ -206,10 +200,16 @@ def _is_table_name(target: str) -> bool:
     return "/" not in target and ":" not in target
 
 
-def _default_output_path(cfg: BatchConfig, prompt_col: str) -> str:
-    """A stable path under the store, one per distinct call (model, prompt column, request options)."""
+def _default_output(df: DataFrame, cfg: BatchConfig, prompt_col: str) -> str:
+    """A stable location under the store, one per distinct input and call.
+
+    The input counts by its query plan (``semanticHash``: the same table read the same way is the
+    same input, grown or not; two tables are two outputs), the call by its model, prompt column,
+    request options and result column.
+    """
     identity = json.dumps(
         {
+            "input": df.semanticHash(),
             "model": cfg.model,
             "prompt_col": prompt_col,
             "system": cfg.system,

@@ -193,6 +193,30 @@ class BatchConfig(_Strict):
     endpoint: str = Field(default="/v1/chat/completions", description="Provider endpoint (OpenAI).")
     limits: BatchLimits = Field(default_factory=BatchLimits, description="Batch size limits.")
     max_in_flight: int = Field(default=20, ge=1, description="Provider batches in flight at once.")
+    transport: Literal["auto", "executors", "driver"] = Field(
+        default="auto",
+        description=(
+            "Where provider traffic runs: 'executors' (Spark tasks upload and download, in "
+            "parallel: classic clusters), 'driver' (the driver streams lines out of Spark and "
+            "results back, a bounded window at a time: serverless, executors without egress), or "
+            "'auto' (a Spark task probes the provider; the log says which was taken)."
+        ),
+    )
+    lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "How long a run's claim on its batches lives without a heartbeat: another run on the "
+            "same store takes over the batches of a run silent for this long (a crashed one)."
+        ),
+    )
+    retry_failed: bool | list[str] = Field(
+        default=False,
+        description=(
+            "Send again requests whose stored result is a failure: True for every failure class, "
+            "or a list of classes (e.g. ['expired', 'rate_limited'])."
+        ),
+    )
     completion_window: str = Field(default="24h", description="Provider completion window.")
     retry: RetryPolicy = Field(
         default_factory=RetryPolicy, description="Retry attempts per failure class."
@@ -210,6 +234,28 @@ class BatchConfig(_Strict):
         if not value or value.startswith("__llm"):
             raise ValueError("result_col must be non-empty and must not start with '__llm'")
         return value
+
+    @field_validator("retry_failed")
+    @classmethod
+    def _retry_failed_known(cls, value: bool | list[str]) -> bool | list[str]:
+        from spark_llm_batch._results import FAILURE_CLASSES
+
+        if isinstance(value, list):
+            unknown = sorted(set(value) - FAILURE_CLASSES)
+            if unknown:
+                raise ValueError(
+                    f"unknown failure class(es) {unknown}; known: {', '.join(sorted(FAILURE_CLASSES))}"
+                )
+        return value
+
+    @property
+    def retry_classes(self) -> frozenset[str]:
+        """The failure classes ``retry_failed`` sends again (empty: none)."""
+        from spark_llm_batch._results import FAILURE_CLASSES
+
+        if self.retry_failed is True:
+            return FAILURE_CLASSES
+        return frozenset(self.retry_failed or ())
 
     @model_validator(mode="after")
     def _provider_known(self) -> BatchConfig:

@@ -3,16 +3,26 @@
 Not collected by a plain ``pytest`` run (the name does not start with ``test_``): a process is
 either classic or Connect (see ``tests/connect_fixtures.py``). Run it alone with
 ``pytest tests/connect_cases.py``.
+
+The server shares no temporary files with this client (``tests/connect_fixtures.py``), so store
+locations are paths only the server resolves (the ``server_dir`` fixture), and these tests read the
+store through Spark, never from the client's disk: a client on Databricks serverless has none of
+the server's files.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pytest
 
 import spark_llm_batch
 from spark_llm_batch.emulator import _answers
@@ -25,9 +35,29 @@ if TYPE_CHECKING:
 
     from spark_llm_batch.emulator import Emulator
 
+REPO = Path(__file__).resolve().parents[1]
 
-def _options(emu: Emulator, store: Path) -> dict[str, Any]:
-    return pipeline_options(emu, store, max_requests=15)
+
+@pytest.fixture
+def server_dir() -> Iterator[str]:
+    """A fresh directory path that only the Connect server resolves (in its private ``/tmp``).
+
+    The server's private ``/tmp`` goes away with it, so there is nothing to remove there. After the
+    test the client must still have nothing at that path: anything there was written by the
+    client, which on a real remote client would have gone nowhere (it is removed, so that it does
+    not pile up in the client's ``/tmp``).
+    """
+    path = f"/tmp/llm-connect-{uuid.uuid4().hex}"
+    yield path
+    if os.path.lexists(path):
+        found = sorted(str(p) for p in Path(path).rglob("*"))[:20]
+        shutil.rmtree(path, ignore_errors=True)
+        pytest.fail(f"the client wrote at the server-only location {path}: {found}")
+
+
+def _options(emu: Emulator, store: str) -> dict[str, Any]:
+    # pipeline_helpers spells the store with str(); a Path here is only a way to pass the string.
+    return pipeline_options(emu, Path(store), max_requests=15)
 
 
 def test_dataframes_get_llm_batch_and_get_session_finds_the_connect_session(
@@ -62,11 +92,36 @@ def test_get_session_connects_to_spark_remote_without_local_settings(connect_url
     assert run.stdout.split() == ["pyspark.sql.connect.session", "4"]
 
 
+def test_server_and_client_share_no_temporary_files(
+    connect_spark: SparkSession, server_dir: str, tmp_path: Path
+) -> None:
+    from pyspark.errors import AnalysisException
+
+    # Control: the repository is shared on purpose (a cluster has the library installed), so the
+    # misses below are the private mounts at work, not a server that cannot read files at all.
+    assert connect_spark.read.text(str(REPO / "pyproject.toml")).count() > 0
+
+    # The client's own files, in pytest's tmp_path (and its base directory), are not on the server.
+    client_file = tmp_path / "client-only.txt"
+    client_file.write_text("written by the client\n")
+    with pytest.raises(AnalysisException, match="PATH_NOT_FOUND"):
+        connect_spark.read.text(str(client_file)).collect()
+    with pytest.raises(AnalysisException, match="PATH_NOT_FOUND"):
+        connect_spark.sql(f"SELECT * FROM text.`{tmp_path.parent}`").collect()
+
+    # What the server writes in its /tmp, it reads back, and the client's disk does not have.
+    probe = f"{server_dir}/probe"
+    connect_spark.createDataFrame([("written by the server",)], "value string").write.text(probe)
+    assert [r.value for r in connect_spark.read.text(probe).collect()] == ["written by the server"]
+    assert not os.path.lexists(server_dir)
+
+
 def test_llm_batch_on_connect_answers_every_row_once_and_reruns_for_free(
-    connect_spark: SparkSession, fresh_emulator: Callable[..., Emulator], tmp_path: Path
+    connect_spark: SparkSession, fresh_emulator: Callable[..., Emulator], server_dir: str
 ) -> None:
     emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0)
-    options = _options(emu, tmp_path / "store")
+    store = f"{server_dir}/store"
+    options = _options(emu, store)
     rows = [(i, f"Summarise item number {i}") for i in range(40)]
     df = connect_spark.createDataFrame(rows, "id long, prompt string").repartition(3)
 
@@ -82,6 +137,9 @@ def test_llm_batch_on_connect_answers_every_row_once_and_reruns_for_free(
     billed = billed_counts(emu)
     assert len(billed) == len(rows)
     assert set(billed.values()) == {1}
+    # The store is the server's: read through Spark, it holds one final answer per request.
+    results = connect_spark.read.format("delta").load(f"{store}/results")
+    assert results.filter("final AND status = 'succeeded'").count() == len(rows)
 
     # df.transform composes, and a re-run of the same call submits nothing.
     again = df.transform(lambda d: d.llm_batch("prompt", id_col="id", **options))

@@ -1,24 +1,31 @@
-"""Test doubles for the state-machine unit tests: an in-memory provider and a tiny stager.
+"""Test doubles for the state-machine unit tests: an in-memory provider, a tiny stager, a transport.
 
 ``FakeProvider`` is for unit tests of the orchestrator ONLY (the integration tests run against the
-emulator through the real SDK). Its control plane lives in the driver's memory; its data plane
-(``iter_results``) runs on executors and reads the chunk file named in ``result_refs``, answering
-each line ``"answer:<prompt>"``, so it needs no shared state.
+emulator through the real SDK). Like a provider's server, it keeps what it is sent: ``upload`` reads
+the chunk's lines from the stream it is given and keeps them under the file id it returns, and
+``create`` moves them into the batch's state. Its data plane (``iter_results``) answers each line
+``"answer:<prompt>"`` from that state, so it works pickled to executors as well as on the driver.
+
+Because the fake's "server" is its own memory, uploads must reach the driver's copy of it:
+:class:`SplitTransport` uploads through the real driver transport and brings results back through
+the real transport of the test's choice (executors by default: ``iter_results`` runs pickled in a
+Spark task, as in a classic run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from pyspark.sql import DataFrame, SparkSession
 
 from spark_llm_batch import _columns as C
+from spark_llm_batch._transport import DriverTransport, ExecutorTransport, UploadOutcome
 from spark_llm_batch.config import BatchConfig, ProviderSettings
 from spark_llm_batch.errors import ProviderError
 from spark_llm_batch.providers.base import (
@@ -29,9 +36,23 @@ from spark_llm_batch.providers.base import (
     ResultRecord,
 )
 
+if TYPE_CHECKING:
+    from spark_llm_batch._pack import ChunkSink
+    from spark_llm_batch._store import Store
+    from spark_llm_batch._transport import Transport
+
+CHUNK_DDL = "batch_key STRING, hash STRING, attempt INT, nbytes BIGINT, line STRING"
+"""The rows packing hands ``Store.append_chunks``."""
+
 
 class Crash(BaseException):
     """Simulates the driver dying (not an Exception: nothing in the orchestrator catches it)."""
+
+
+def _prompt_order(line: str) -> tuple[int, str]:
+    """Lines in prompt order (``p0, p1, ..., p10``), whatever order the store streams them in."""
+    prompt = json.loads(line)["prompt"]
+    return (len(prompt), prompt)
 
 
 @dataclass
@@ -39,17 +60,21 @@ class FakeProvider(Provider):
     """Batches end after ``polls_to_end`` retrieves (plus ``later[i]`` for the i-th created) with the
     outcome scripted for their create index.
 
-    Outcomes: ``completed``; ``expired`` (the second half of the lines get ``expired``); ``missing``
-    (the last line has no result); ``failed`` (validation); ``queue_full`` (token_limit_exceeded).
+    Outcomes (over the batch's lines in prompt order): ``completed``; ``expired`` (the second half
+    of the lines get ``expired``); ``missing`` (the last line has no result); ``auth`` (the first
+    half of the lines are refused with class ``auth``); ``failed`` (validation); ``queue_full``
+    (token_limit_exceeded).
     """
 
     name: ClassVar[str] = "fake"
     default_max_requests: ClassVar[int] = 1000
     default_max_bytes: ClassVar[int] = 10**7
+    default_base_url: ClassVar[str] = "http://127.0.0.1:9/fake"
     outcomes: dict[int, str] = field(default_factory=dict)
     polls_to_end: int = 1
     later: dict[int, int] = field(default_factory=dict)  # create index -> extra polls to end
     crash_after_create: bool = False
+    files: dict[str, list[str]] = field(default_factory=dict)  # input ref -> the lines uploaded
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     uploads: list[str] = field(default_factory=list)
     creates: list[str] = field(default_factory=list)
@@ -65,20 +90,27 @@ class FakeProvider(Provider):
     def request_line(self, custom_id: str, body: dict[str, Any], config: BatchConfig) -> str:
         return json.dumps({"custom_id": custom_id, **body})
 
-    def upload(self, chunk: ChunkRef) -> str | None:
-        if not Path(chunk.uri).exists():
-            raise FileNotFoundError(chunk.uri)
+    def upload(self, chunk: ChunkRef, content: BinaryIO) -> str | None:
+        data = content.read()
+        assert len(data) == chunk.nbytes, (chunk, len(data))
+        lines = data.decode("utf-8").split("\n")
+        assert lines[-1] == "", (chunk, data[-80:])  # every line ends with a newline
+        assert len(lines) == chunk.requests + 1, (chunk, len(lines))
+        ref = f"file-{chunk.key}"
+        self.files[ref] = lines[:-1]
         self.uploads.append(chunk.key)
-        return f"file-{chunk.key}"
+        return ref
 
     def create(self, chunk: ChunkRef, input_ref: str | None, config: BatchConfig) -> ProviderBatch:
+        if input_ref not in self.files:
+            raise ProviderError(f"no uploaded file {input_ref}", status=400)
         index = len(self.creates)
         self.creates.append(chunk.key)
         batch_id = f"batch_{index}"
         self.batches[batch_id] = {
-            "key": chunk.key, "uri": chunk.uri, "n": chunk.requests, "polls": 0,
-            "outcome": self.outcomes.get(index, "completed"), "created_at": time.time(),
-            "to_end": self.polls_to_end + self.later.get(index, 0),
+            "key": chunk.key, "lines": sorted(self.files[input_ref], key=_prompt_order),
+            "n": chunk.requests, "polls": 0, "outcome": self.outcomes.get(index, "completed"),
+            "created_at": time.time(), "to_end": self.polls_to_end + self.later.get(index, 0),
         }  # fmt: skip
         active = sum(1 for b in self.batches.values() if b["polls"] < b["to_end"])
         self.max_active = max(self.max_active, active)
@@ -113,33 +145,57 @@ class FakeProvider(Provider):
                 batch_id, BatchState.FAILED, errors=((code, f"{code} on line 1"),), key=batch["key"]
             )
         state = BatchState.EXPIRED if outcome == "expired" else BatchState.COMPLETED
-        refs = (outcome, batch["uri"])
         return ProviderBatch(
             batch_id,
             state,
             total=batch["n"],
             completed=batch["n"],
-            result_refs=refs,
+            result_refs=(outcome, batch_id),
             key=batch["key"],
         )
 
     def iter_results(self, batch: ProviderBatch) -> Iterator[ResultRecord]:
-        outcome, uri = batch.result_refs
-        lines = Path(uri).read_text().splitlines()
+        outcome, batch_id = batch.result_refs
+        lines = self.batches[batch_id]["lines"]
         for i, line in enumerate(lines):
             request = json.loads(line)
             if outcome == "missing" and i == len(lines) - 1:
                 continue
-            if outcome == "expired" and i >= len(lines) // 2:
+            failure = {"expired": i >= len(lines) // 2, "auth": i < len(lines) // 2}
+            if failure.get(outcome):
+                message = "batch_expired" if outcome == "expired" else "insufficient_quota"
                 yield ResultRecord(
-                    request["custom_id"],
-                    "failed",
-                    error_class="expired",
-                    error_message="batch_expired",
+                    request["custom_id"], "failed", error_class=outcome, error_message=message
                 )
                 continue
             yield ResultRecord(request["custom_id"], "succeeded", text=f"answer:{request['prompt']}", finish_reason="stop",
                                input_tokens=1, output_tokens=2, model="fake-model")  # fmt: skip
+
+
+class SplitTransport:
+    """Uploads through one transport, results through another (both the library's own).
+
+    The fake keeps what it is sent in the memory of the object that receives the upload, so
+    uploads go through :class:`DriverTransport` (the test's copy of the fake receives them).
+    """
+
+    def __init__(self, up: Transport, down: Transport) -> None:
+        self.up, self.down = up, down
+        self.name = f"{up.name}+{down.name}"
+
+    def upload(self, chunks: Sequence[ChunkRef]) -> list[UploadOutcome]:
+        return self.up.upload(chunks)
+
+    def result_rows(
+        self, batches: Sequence[ProviderBatch]
+    ) -> contextlib.AbstractContextManager[DataFrame]:
+        return self.down.result_rows(batches)
+
+
+def fake_transport(store: Store, fake: FakeProvider, results: str = "executors") -> SplitTransport:
+    """Uploads on the driver, results through ``results`` (``"executors"`` or ``"driver"``)."""
+    down = ExecutorTransport if results == "executors" else DriverTransport
+    return SplitTransport(DriverTransport(store, fake), down(store, fake))
 
 
 @dataclass
@@ -150,18 +206,15 @@ class Staged:
 
 
 def stage_rows(
-    spark: SparkSession,
-    rows: list[tuple[str, str, int]],
-    directory: Path,
-    *,
-    per_chunk: int,
-    record_members: Callable[[DataFrame], None],
+    spark: SparkSession, rows: list[tuple[str, str, int]], *, per_chunk: int, sink: ChunkSink
 ) -> Staged:
-    """Write (hash, line, attempt) rows into chunk files of ``per_chunk`` lines, one attempt each.
+    """Stage (hash, line, attempt) rows as chunks of ``per_chunk`` lines, one attempt each, in order.
 
-    The members go through ``record_members`` (a store's ``append_members``), as packing does.
+    The chunks' rows (members and lines) go to ``sink.append_chunks`` (a store's) in one append, as
+    packing's write job does; unlike packing, which request lands in which chunk is predictable.
     """
-    chunks, members = [], []
+    chunks: list[ChunkRef] = []
+    staged: list[tuple[str, str, int, int, str]] = []
     by_attempt: dict[int, list[tuple[str, str]]] = {}
     for hash_, line, attempt in rows:
         by_attempt.setdefault(attempt, []).append((hash_, line))
@@ -169,16 +222,11 @@ def stage_rows(
         for start in range(0, len(items), per_chunk):
             part = items[start : start + per_chunk]
             key = uuid.uuid4().hex
-            path = directory / f"{key}.jsonl"
-            data = "".join(line + "\n" for _, line in part)
-            path.write_text(data)
-            chunks.append(
-                ChunkRef(key, str(path), len(part), len(data.encode()), "fake-model", attempt)
-            )
-            members += [(h, key, attempt) for h, _ in part]
-    record_members(
-        spark.createDataFrame(members, f"`{C.HASH}` STRING, batch_key STRING, attempt INT")
-    )
+            sizes = [len(line.encode()) + 1 for _, line in part]
+            chunks.append(ChunkRef(key, len(part), sum(sizes), "fake-model", attempt))
+            staged += [(key, h, attempt, n, line) for (h, line), n in zip(part, sizes, strict=True)]
+    if staged:
+        sink.append_chunks(spark.createDataFrame(staged, CHUNK_DDL))
     return Staged(chunks)
 
 
@@ -192,19 +240,14 @@ def prompts(n: int, prefix: str = "p") -> list[tuple[str, str, int]]:
 
 
 class TestStager:
-    """A ``restage`` callable: collects the (small) retry frame and writes one chunk per attempt."""
+    """A ``restage`` callable: collects the (small) retry frame and stages one chunk per attempt."""
 
     __test__ = False  # not a pytest class
 
-    def __init__(
-        self, spark: SparkSession, directory: Path, record_members: Callable[[DataFrame], None]
-    ) -> None:
-        self.spark, self.directory, self.calls = spark, directory, 0
-        self.record_members = record_members
+    def __init__(self, spark: SparkSession, sink: ChunkSink) -> None:
+        self.spark, self.sink, self.calls = spark, sink, 0
 
     def __call__(self, frame: DataFrame) -> Staged:
         self.calls += 1
         rows = [(r[C.HASH], r[C.LINE], int(r[C.ATTEMPT])) for r in frame.collect()]
-        return stage_rows(
-            self.spark, rows, self.directory, per_chunk=1000, record_members=self.record_members
-        )
+        return stage_rows(self.spark, rows, per_chunk=1000, sink=self.sink)

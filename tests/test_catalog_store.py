@@ -35,7 +35,10 @@ def test_store_in_a_catalog_schema_and_output_as_a_table(
         assert out.count() == 25
         assert {r["status"] for r in out.select("llm.status").collect()} == {"succeeded"}
         tables = {t.name for t in spark.catalog.listTables("llm_store_test")}
-        assert {"answers", "batches", "members", "results"} <= tables
+        assert {"answers", "batches", "chunks", "downloads", "results"} <= tables
+        assert "members" not in tables
+        # Every batch was collected: the run swept their staged lines.
+        assert spark.table("llm_store_test.chunks").count() == 0
         again = df.llm_batch("prompt", **options)
         assert again.count() == 25
         billed = Counter(e["custom_id"] for e in emu.ledger())

@@ -1,9 +1,9 @@
-"""Collection: one row per member, outcomes from the same pass, and the slow path's equivalence.
+"""Collection: one row per member, whichever transport brings the result lines into Spark.
 
 A scripted provider stands in for the provider's data plane: ``result_refs`` name a script, and
 ``iter_results`` yields its records (the provider is pickled to executors, script included). Every
-test checks the outcomes ``collect_batches`` returns against :func:`batch_outcomes`, which counts
-from the stored results (the definition the fast path must match).
+test runs with both transports and checks the outcomes ``collect_batches`` returns against
+:func:`batch_outcomes` (counted from the stored results) and one results row per hash.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from spark_llm_batch import _collect
-from spark_llm_batch._collect import batch_outcomes, collect_batches
+from spark_llm_batch._collect import Outcome, batch_outcomes, collect_batches
 from spark_llm_batch._store import Store
 from spark_llm_batch._store_tables import BatchRecord, Phase
+from spark_llm_batch._transport import DriverTransport, ExecutorTransport, Transport
 from spark_llm_batch.config import BatchConfig, ProviderSettings, RetryPolicy
 from spark_llm_batch.providers.base import (
     BatchState,
@@ -55,7 +55,7 @@ class ScriptedProvider(Provider):
     def request_line(self, custom_id: str, body: dict[str, Any], config: BatchConfig) -> str:
         raise NotImplementedError
 
-    def upload(self, chunk: ChunkRef) -> str | None:
+    def upload(self, chunk: ChunkRef, content: BinaryIO) -> str | None:
         raise NotImplementedError
 
     def create(self, chunk: ChunkRef, input_ref: str | None, config: BatchConfig) -> ProviderBatch:
@@ -81,7 +81,7 @@ def _bad(hash_: str, error_class: str = "server_error") -> ResultRecord:
 
 
 def _ended(key: str, *, attempt: int = 1, refs: tuple[str, ...] = ()) -> BatchRecord:
-    chunk = ChunkRef(key, f"/tmp/{key}.jsonl", 1, 10, "m", attempt)
+    chunk = ChunkRef(key, 1, 10, "m", attempt)
     staged = BatchRecord.staged(chunk, provider="scripted", endpoint="/v1/chat/completions")
     return staged.to(
         Phase.ENDED,
@@ -96,9 +96,23 @@ def store(spark: SparkSession, tmp_path: Path) -> Store:
     return Store.open(spark, str(tmp_path / "store"))
 
 
+@pytest.fixture(params=["executors", "driver"])
+def transport_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _transport(kind: str, store: Store, provider: Provider) -> Transport:
+    cls = ExecutorTransport if kind == "executors" else DriverTransport
+    return cls(store, provider)
+
+
 def _members(spark: SparkSession, store: Store, rows: list[tuple[str, str, int]]) -> None:
     frame = spark.createDataFrame(rows, "hash STRING, batch_key STRING, attempt INT")
-    frame.write.format("delta").mode("append").save(f"{store.location}/members")
+    frame = frame.select(
+        "batch_key", "hash", "attempt", F.lit(10).cast("long").alias("nbytes"),
+        F.concat(F.lit('{"custom_id":"'), F.col("hash"), F.lit('"}')).alias("line"),
+    )  # fmt: skip
+    store.append_chunks(frame)
 
 
 def _results(store: Store) -> dict[str, dict[str, Any]]:
@@ -111,27 +125,21 @@ def _collect_and_check(
     records: list[BatchRecord],
     failed_whole: dict[str, str] | None = None,
     *,
-    general: bool = False,
-) -> dict[str, tuple[int, int, int]]:
-    """Collect; check the outcomes, one row per hash, and which path counted the outcomes."""
-    counted_from_table: list[bool] = []
-
-    def spy(store: Store, keys: Any) -> dict[str, tuple[int, int, int]]:
-        counted_from_table.append(True)
-        return batch_outcomes(store, keys)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_collect, "batch_outcomes", spy)
-        outcomes = collect_batches(store, provider, records, retry=RETRY, failed_whole=failed_whole)
-    assert bool(counted_from_table) is general
-    assert not list(Path(store.staging_uri).glob("_collect-*"))  # the reports are cleaned up
+    kind: str,
+) -> dict[str, tuple[int, ...]]:
+    """Collect; check the outcomes and one row per hash; nothing left in ``downloads``."""
+    transport = _transport(kind, store, provider)
+    outcomes = collect_batches(store, transport, records, retry=RETRY, failed_whole=failed_whole)
     assert outcomes == batch_outcomes(store, [r.key for r in records])
     hashes = [r["hash"] for r in store.table("results").select("hash").collect()]
     assert len(hashes) == len(set(hashes)), "one results row per hash"
-    return outcomes
+    assert store.table("downloads").count() == 0  # the driver's downloads are dropped
+    return {key: tuple(o) for key, o in outcomes.items()}
 
 
-def test_every_member_gets_one_row_missing_ones_included(spark: SparkSession, store: Store) -> None:
+def test_every_member_gets_one_row_missing_ones_included(
+    spark: SparkSession, store: Store, transport_kind: str
+) -> None:
     _members(spark, store, [("h1", "a", 1), ("h2", "a", 1), ("h3", "a", 1), ("h4", "b", 1)])
     provider = ScriptedProvider(
         ProviderSettings(api_key="sk-test-000000"),
@@ -141,8 +149,8 @@ def test_every_member_gets_one_row_missing_ones_included(spark: SparkSession, st
             "b": [_bad("h4", "rate_limited")],
         },
     )
-    outcomes = _collect_and_check(store, provider, [_ended("a"), _ended("b")])
-    assert outcomes == {"a": (1, 1, 1), "b": (0, 0, 1)}
+    outcomes = _collect_and_check(store, provider, [_ended("a"), _ended("b")], kind=transport_kind)
+    assert outcomes == {"a": (1, 1, 1, 0), "b": (0, 0, 1, 0)}
     results = _results(store)
     assert set(results) == {"h1", "h2", "h3", "h4"}
     assert results["h1"]["status"] == "succeeded"
@@ -157,12 +165,16 @@ def test_every_member_gets_one_row_missing_ones_included(spark: SparkSession, st
     assert (results["h4"]["error_class"], results["h4"]["final"]) == ("rate_limited", False)
 
 
-def test_a_batch_failed_as_a_whole_is_not_read(spark: SparkSession, store: Store) -> None:
+def test_a_batch_failed_as_a_whole_is_not_read(
+    spark: SparkSession, store: Store, transport_kind: str
+) -> None:
     _members(spark, store, [("h1", "a", 1), ("h2", "a", 1)])
     provider = ScriptedProvider(ProviderSettings(api_key="sk-test-000000"))
     record = _ended("a", refs=("explode",))
-    outcomes = _collect_and_check(store, provider, [record], {"a": "batch batch_a failed: bad"})
-    assert outcomes == {"a": (0, 2, 0)}
+    outcomes = _collect_and_check(
+        store, provider, [record], {"a": "batch batch_a failed: bad"}, kind=transport_kind
+    )
+    assert outcomes == {"a": (0, 2, 0, 0)}
     rows = _results(store).values()
     assert {(r["error_class"], r["error_message"], r["final"]) for r in rows} == {
         ("batch_failed", "batch batch_a failed: bad", True)
@@ -170,22 +182,22 @@ def test_a_batch_failed_as_a_whole_is_not_read(spark: SparkSession, store: Store
 
 
 def test_repeated_lines_for_one_hash_keep_one_row_a_success_winning(
-    spark: SparkSession, store: Store
+    spark: SparkSession, store: Store, transport_kind: str
 ) -> None:
     _members(spark, store, [("h1", "a", 1), ("h2", "a", 1)])
     provider = ScriptedProvider(
         ProviderSettings(api_key="sk-test-000000"),
         scripts={"a": [_bad("h1"), _ok("h2"), _ok("h1", "late"), _bad("h2")]},
     )
-    outcomes = _collect_and_check(store, provider, [_ended("a")], general=True)
-    assert outcomes == {"a": (2, 0, 0)}
+    outcomes = _collect_and_check(store, provider, [_ended("a")], kind=transport_kind)
+    assert outcomes == {"a": (2, 0, 0, 0)}
     results = _results(store)
     assert (results["h1"]["status"], results["h1"]["text"]) == ("succeeded", "late")
     assert results["h2"]["status"] == "succeeded"
 
 
 def test_a_hash_in_two_collected_batches_keeps_the_later_attempt(
-    spark: SparkSession, store: Store
+    spark: SparkSession, store: Store, transport_kind: str
 ) -> None:
     # Batch a (attempt 1) ended without being collected, its retry b (attempt 2) ended too.
     _members(spark, store, [("h1", "a", 1), ("h2", "a", 1), ("h1", "b", 2)])
@@ -194,9 +206,9 @@ def test_a_hash_in_two_collected_batches_keeps_the_later_attempt(
         scripts={"a": [_bad("h1"), _ok("h2")], "b": [_bad("h1", "expired")]},
     )
     records = [_ended("a"), _ended("b", attempt=2)]
-    outcomes = _collect_and_check(store, provider, records, general=True)
+    outcomes = _collect_and_check(store, provider, records, kind=transport_kind)
     # h1's row is b's (attempt 2): it counts for b only, as its attempt-1 member of a has no row.
-    assert outcomes == {"a": (1, 0, 0), "b": (0, 0, 1)}
+    assert outcomes == {"a": (1, 0, 0, 0), "b": (0, 0, 1, 0)}
     h1 = _results(store)["h1"]
     assert (h1["attempt"], h1["error_class"], h1["batch_id"]) == (2, "expired", "batch_b")
 
@@ -207,37 +219,37 @@ def _result_rows(store: Store) -> list[tuple[Any, ...]]:
 
 
 def _two_batches_collected(
-    spark: SparkSession, store: Store
-) -> tuple[ScriptedProvider, list[BatchRecord], dict[str, tuple[int, int, int]]]:
+    spark: SparkSession, store: Store, kind: str
+) -> tuple[ScriptedProvider, list[BatchRecord], dict[str, tuple[int, ...]]]:
     """Batches a (h1 ok, h2 retryable) and b (h3 final failure), collected once."""
     _members(spark, store, [("h1", "a", 1), ("h2", "a", 1), ("h3", "b", 1)])
     scripts = {"a": [_ok("h1"), _bad("h2")], "b": [_bad("h3", "invalid_request")]}
     provider = ScriptedProvider(ProviderSettings(api_key="sk-test-000000"), scripts=scripts)
     records = [_ended("a"), _ended("b")]
-    return provider, records, _collect_and_check(store, provider, records)
+    return provider, records, _collect_and_check(store, provider, records, kind=kind)
 
 
 def test_recollecting_changes_nothing_and_keeps_final_rows(
-    spark: SparkSession, store: Store
+    spark: SparkSession, store: Store, transport_kind: str
 ) -> None:
-    provider, records, first = _two_batches_collected(spark, store)
+    provider, records, first = _two_batches_collected(spark, store, transport_kind)
     before_rows = _result_rows(store)
     # A crash after the MERGE commit: the same batches are collected again.
-    again = _collect_and_check(store, provider, records, general=True)
-    assert again == first == {"a": (1, 0, 1), "b": (0, 1, 0)}
+    again = _collect_and_check(store, provider, records, kind=transport_kind)
+    assert again == first == {"a": (1, 0, 1, 0), "b": (0, 1, 0, 0)}
     assert _result_rows(store) == before_rows
     # A final row is never overwritten, even by a different answer of a newer attempt.
     _members(spark, store, [("h3", "c", 2)])
     provider.scripts["c"] = [_ok("h3")]
     records = [_ended("c", attempt=2)]
-    assert _collect_and_check(store, provider, records, general=True) == {"c": (0, 0, 0)}
+    assert _collect_and_check(store, provider, records, kind=transport_kind) == {"c": (0, 0, 0, 0)}
     h3 = _results(store)["h3"]
     assert (h3["status"], h3["attempt"]) == ("failed", 1)
 
 
-def test_a_resumed_collection_runs_one_full_merge(spark: SparkSession, store: Store) -> None:
-    provider, records, first = _two_batches_collected(spark, store)
-    before_rows = _result_rows(store)
+def test_first_attempts_merge_insert_only_and_retries_merge_in_full(
+    spark: SparkSession, store: Store, transport_kind: str
+) -> None:
     merges: list[bool] = []
     real_merge = Store.merge_results
 
@@ -247,19 +259,23 @@ def test_a_resumed_collection_runs_one_full_merge(spark: SparkSession, store: St
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Store, "merge_results", spy)
-        # Not resumed: the insert-only MERGE finds the rows there, then the full one runs.
-        collect_batches(store, provider, records, retry=RETRY)
-        assert merges == [True, False]
-        merges.clear()
-        # Resumed (the batches were ended when the run started): one full MERGE.
-        again = collect_batches(store, provider, records, retry=RETRY, resumed=True)
-        assert merges == [False]
+        provider, records, first = _two_batches_collected(spark, store, transport_kind)
+        before_rows = _result_rows(store)
+        # Collected again after a crash: the insert-only MERGE leaves the rows it finds alone.
+        again = _collect_and_check(store, provider, records, kind=transport_kind)
+        _members(spark, store, [("h2", "c", 2)])
+        provider.scripts["c"] = [_ok("h2")]
+        retried = _collect_and_check(store, provider, [_ended("c", attempt=2)], kind=transport_kind)
+    assert merges == [True, True, False]
     assert again == first
-    assert _result_rows(store) == before_rows
+    assert retried == {"c": (1, 0, 0, 0)}
+    assert [r for r in _result_rows(store) if r[0] != "h2"] == [
+        r for r in before_rows if r[0] != "h2"
+    ]
 
 
 def test_collecting_into_a_store_holding_other_results_merges(
-    spark: SparkSession, store: Store
+    spark: SparkSession, store: Store, transport_kind: str
 ) -> None:
     # results is not empty: the full MERGE path; an open row of an earlier attempt is replaced.
     _members(spark, store, [("h1", "a", 1), ("h2", "a", 1)])
@@ -267,9 +283,13 @@ def test_collecting_into_a_store_holding_other_results_merges(
         ProviderSettings(api_key="sk-test-000000"),
         scripts={"a": [_bad("h1"), _ok("h2")], "b": [_ok("h1", "second try")]},
     )
-    assert _collect_and_check(store, provider, [_ended("a")]) == {"a": (1, 0, 1)}
+    assert _collect_and_check(store, provider, [_ended("a")], kind=transport_kind) == {
+        "a": (1, 0, 1, 0)
+    }
     _members(spark, store, [("h1", "b", 2)])
-    assert _collect_and_check(store, provider, [_ended("b", attempt=2)]) == {"b": (1, 0, 0)}
+    assert _collect_and_check(store, provider, [_ended("b", attempt=2)], kind=transport_kind) == {
+        "b": (1, 0, 0, 0)
+    }
     h1 = _results(store)["h1"]
     assert (h1["status"], h1["text"], h1["attempt"], h1["final"]) == (
         "succeeded",
@@ -279,42 +299,53 @@ def test_collecting_into_a_store_holding_other_results_merges(
     )
 
 
-def test_a_member_at_another_attempt_is_not_counted(spark: SparkSession, store: Store) -> None:
+def test_a_member_at_another_attempt_is_not_counted(
+    spark: SparkSession, store: Store, transport_kind: str
+) -> None:
     # As before: a member counts only when its attempt is its result's (the batch's) attempt.
     _members(spark, store, [("h1", "a", 1), ("h2", "a", 2)])
     provider = ScriptedProvider(
         ProviderSettings(api_key="sk-test-000000"), scripts={"a": [_ok("h1"), _ok("h2")]}
     )
-    outcomes = _collect_and_check(store, provider, [_ended("a")], general=True)
-    assert outcomes == {"a": (1, 0, 0)}
+    outcomes = _collect_and_check(store, provider, [_ended("a")], kind=transport_kind)
+    assert outcomes == {"a": (1, 0, 0, 0)}
     assert {r["attempt"] for r in _results(store).values()} == {1}
 
 
 def test_provider_errors_are_raised_and_nothing_is_committed(
-    spark: SparkSession, store: Store
+    spark: SparkSession, store: Store, transport_kind: str
 ) -> None:
     _members(spark, store, [("h1", "a", 1)])
     provider = ScriptedProvider(ProviderSettings(api_key="sk-test-000000"))
     with pytest.raises(Exception, match="must not be read"):
-        collect_batches(store, provider, [_ended("a", refs=("explode",))], retry=RETRY)
+        collect_batches(
+            store,
+            _transport(transport_kind, store, provider),
+            [_ended("a", refs=("explode",))],
+            retry=RETRY,
+        )
     assert store.table("results").count() == 0
-    staging = Path(store.staging_uri)
-    assert not list(staging.glob("_collect-*"))  # the reports' folder is gone
+    assert store.table("downloads").count() == 0
 
 
-def test_batch_i_runs_in_partition_i(spark: SparkSession) -> None:
-    values = [0, 1, 42, -1, 123_456, 2**31 - 1, -(2**31)]
-    frame = spark.createDataFrame([(v,) for v in values], "v INT")
-    assert [r[0] for r in frame.select(F.hash("v")).collect()] == [
-        _collect._spark_int_hash(v) for v in values
-    ]
-    slots = _collect._slots(5)
-    placed = spark.createDataFrame([(s,) for s in slots], "slot INT").repartition(5, "slot")
-    where = placed.select("slot", F.spark_partition_id().alias("p")).collect()
-    assert {r["slot"]: r["p"] for r in where} == {s: i for i, s in enumerate(slots)}
+def test_auth_failures_stay_open_and_count_apart(
+    spark: SparkSession, store: Store, transport_kind: str
+) -> None:
+    _members(spark, store, [("h1", "a", 1), ("h2", "a", 1), ("h3", "a", 1)])
+    provider = ScriptedProvider(
+        ProviderSettings(api_key="sk-test-000000"),
+        scripts={"a": [_ok("h1"), _bad("h2", "auth"), _bad("h3")]},
+    )
+    outcomes = _collect_and_check(store, provider, [_ended("a")], kind=transport_kind)
+    assert outcomes == {"a": (1, 0, 1, 1)}
+    assert Outcome(*outcomes["a"]).auth == 1
+    h2 = _results(store)["h2"]
+    assert (h2["error_class"], h2["final"]) == ("auth", False)  # not an answer: sent again later
 
 
-def test_merge_results_reports_rows_applied(spark: SparkSession, store: Store) -> None:
+def test_merge_results_reports_rows_applied(
+    spark: SparkSession, store: Store, transport_kind: str
+) -> None:
     schema = ", ".join(f"`{n}` {t}" for n, t in _collect_result_columns())
     row = ("h1", "failed", None, None, "server_error", "x", None, None, "m", "b", 1, False, None, 1)
     source = spark.createDataFrame([row], schema).withColumn(

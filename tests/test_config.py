@@ -99,3 +99,17 @@ def test_retry_policy_defaults() -> None:
     policy = RetryPolicy()
     assert policy.attempts_for("rate_limited") == 5
     assert policy.attempts_for("invalid_request") == 1
+
+
+def test_transport_and_retry_failed_are_checked() -> None:
+    base = {"model": "gpt-4o-mini", "store": "/tmp/s"}
+    assert BatchConfig.build(base).transport == "auto"
+    assert BatchConfig.build({**base, "transport": "driver"}).transport == "driver"
+    with pytest.raises(ConfigError, match="transport"):
+        BatchConfig.build({**base, "transport": "carrier-pigeon"})
+    assert BatchConfig.build(base).retry_classes == frozenset()
+    picked = BatchConfig.build({**base, "retry_failed": ["expired", "refused"]})
+    assert picked.retry_classes == {"expired", "refused"}
+    assert "invalid_request" in BatchConfig.build({**base, "retry_failed": True}).retry_classes
+    with pytest.raises(ConfigError, match=r"retry_failed.*unknown failure class.*'expird'"):
+        BatchConfig.build({**base, "retry_failed": ["expird"]})

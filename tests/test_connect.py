@@ -2,8 +2,10 @@
 
 A process is either classic or Connect (``tests/connect_fixtures.py`` says why), and this one runs
 the classic ``spark`` fixture, so the Connect cases run in a pytest process of their own: a pure
-Connect client, with the Connect server (Delta, ``local[2]``) in a third process. It runs in the
-default suite (a JVM start and two pipeline runs, 1-2 minutes) so that CI pins invariant 6.
+Connect client, with the Connect server (Delta, ``local[2]``) in a third process that has its own
+mount namespace and a private ``/tmp``, so that nothing passes because client and server share a
+disk. It runs in the default suite (a JVM start and two pipeline runs, 1-2 minutes) so that CI
+pins invariant 6.
 """
 
 from __future__ import annotations

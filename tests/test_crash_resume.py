@@ -16,8 +16,14 @@ as with the real service, so a reconciliation window that is too narrow is not m
 simulated clock running ahead. Batches take a few seconds, and 20 s for ``while_polling`` and the
 random kill, so those land while batches are still in progress (checked, not assumed).
 
-Two crash points run by default (``after_create``, ``during_collect``); the others and the random
-kill are ``slow`` (each test starts two JVMs). Set ``CRASH_RESUME_SEED`` to replay a random kill.
+The matrix runs with both transports (``transport="executors"``: uploads and downloads in Spark
+tasks; ``"driver"``: the driver streams lines out of Spark and results back through the store's
+``downloads`` table). Three cases run by default (executors at ``after_create`` and
+``during_collect``, driver at ``during_collect``); the others and the random kill are ``slow``
+(each test starts two JVMs). Set ``CRASH_RESUME_SEED`` to replay a random kill.
+
+Once resumed, the store stages nothing any more: every batch was collected, so the run's sweep
+dropped all ``chunks`` rows, and the driver's ``downloads`` are dropped after each collection.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class Job:
 
     root: Path
     emu: Emulator
+    transport: str = "executors"
 
     @property
     def input(self) -> Path:
@@ -107,6 +114,8 @@ class Job:
             str(MAX_REQUESTS),
             "--max-in-flight",
             str(max_in_flight),
+            "--transport",
+            self.transport,
         ]
 
 
@@ -114,12 +123,12 @@ def _prompt(i: int) -> str:
     return f"Crash-test question {i % DISTINCT_PROMPTS}: name one property of the number {i % DISTINCT_PROMPTS}."
 
 
-def _make_job(root: Path, emu: Emulator) -> Job:
+def _make_job(root: Path, emu: Emulator, transport: str) -> Job:
     """Write the input table (three parquet files, so the job reads several partitions)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    job = Job(root, emu)
+    job = Job(root, emu, transport)
     job.input.mkdir(parents=True)
     ids = list(range(N_ROWS))
     for part, start in enumerate(range(0, N_ROWS, 14)):
@@ -215,8 +224,12 @@ def _assert_resumed_completely(job: Job, log: Path, rc: int) -> None:
     assert rc == 0, f"the re-run failed, rc={rc}\n{_tail(log)}"
     import json
 
-    rows = json.loads(job.result.read_text(encoding="utf-8"))
+    result = json.loads(job.result.read_text(encoding="utf-8"))
+    rows = result["rows"]
     context = _tail(log, 30)
+
+    # Nothing left staged: every batch collected and swept, the driver's downloads dropped.
+    assert (result["chunks"], result["downloads"]) == (0, 0), context
 
     # One row per input row, each with the answer to its own prompt, first attempt.
     assert sorted(r["id"] for r in rows) == list(range(N_ROWS)), context
@@ -251,12 +264,13 @@ def _assert_resumed_completely(job: Job, log: Path, rc: int) -> None:
 
 
 @pytest.fixture
-def make_job(fresh_emulator: Callable[..., Emulator], tmp_path: Path) -> Callable[[float], Job]:
-    """``make_job(processing)``: an input table and a fresh emulator on a real-time clock."""
+def make_job(fresh_emulator: Callable[..., Emulator], tmp_path: Path) -> Callable[..., Job]:
+    """``make_job(processing, transport)``: an input table and a fresh emulator on a real-time
+    clock, for a job using ``transport``."""
 
-    def make(processing: float) -> Job:
+    def make(processing: float, transport: str = "executors") -> Job:
         emu = fresh_emulator(processing_seconds=processing, clock_speed=1.0)
-        return _make_job(tmp_path, emu)
+        return _make_job(tmp_path, emu, transport)
 
     return make
 
@@ -281,18 +295,26 @@ def _check_where_it_died(failpoint: str, emu: Emulator, log: Path) -> None:
         raise AssertionError(f"no check for failpoint {failpoint!r}")
 
 
-CRASH_POINTS = [
-    pytest.param("after_stage", marks=pytest.mark.slow),
-    pytest.param("after_upload", marks=pytest.mark.slow),
-    "after_create",
-    pytest.param("while_polling", marks=pytest.mark.slow),
-    "during_collect",
+FAILPOINTS = ("after_stage", "after_upload", "after_create", "while_polling", "during_collect")
+DEFAULT_CASES = {("executors", "after_create"), ("executors", "during_collect"),
+                 ("driver", "during_collect")}  # fmt: skip
+"""The cases of the matrix the default suite runs; the others are ``slow``."""
+
+CRASH_MATRIX = [
+    pytest.param(
+        transport,
+        failpoint,
+        id=f"{transport}-{failpoint}",
+        marks=() if (transport, failpoint) in DEFAULT_CASES else pytest.mark.slow,
+    )
+    for transport in ("executors", "driver")
+    for failpoint in FAILPOINTS
 ]
 
 
-@pytest.mark.parametrize("failpoint", CRASH_POINTS)
+@pytest.mark.parametrize(("transport", "failpoint"), CRASH_MATRIX)
 def test_killed_at_a_failpoint_then_resumed_pays_once(
-    make_job: Callable[[float], Job], failpoint: str
+    make_job: Callable[..., Job], transport: str, failpoint: str
 ) -> None:
     """A job SIGKILLed at ``failpoint`` is completed by a plain re-run, every request billed once.
 
@@ -301,7 +323,7 @@ def test_killed_at_a_failpoint_then_resumed_pays_once(
     again), batches polled but not recorded are re-attached, and a half-finished collection is
     collected again idempotently.
     """
-    job = make_job(LONG_PROCESSING if failpoint == "while_polling" else PROCESSING)
+    job = make_job(LONG_PROCESSING if failpoint == "while_polling" else PROCESSING, transport)
     crashed_log = job.root / f"crashed-{failpoint}.log"
     rc = _run(job, crashed_log, failpoint=failpoint)
     _assert_killed(rc, crashed_log, f"at failpoint {failpoint}")
@@ -313,8 +335,9 @@ def test_killed_at_a_failpoint_then_resumed_pays_once(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transport", ["executors", "driver"])
 def test_killed_from_outside_while_polling_then_resumed_pays_once(
-    make_job: Callable[[float], Job],
+    make_job: Callable[..., Job], transport: str
 ) -> None:
     """SIGKILL of the whole job (driver, JVM, workers) at a random moment after the first submit.
 
@@ -324,7 +347,7 @@ def test_killed_from_outside_while_polling_then_resumed_pays_once(
     """
     seed = int(os.environ.get("CRASH_RESUME_SEED", time.time_ns() % 1_000_000))
     delay = random.Random(seed).uniform(0.0, 1.25 * LONG_PROCESSING)
-    job = make_job(LONG_PROCESSING)
+    job = make_job(LONG_PROCESSING, transport)
     crashed_log = job.root / "killed.log"
     proc = _start(job, crashed_log, failpoint=None, max_in_flight=KILL_MAX_IN_FLIGHT)
     try:
@@ -368,6 +391,8 @@ def test_a_batch_created_right_after_the_creating_commit_is_found_on_resume(
     time (same second, truncated) or our clock runs ahead of the provider's: ``find`` must still
     find it, or the resumed run creates (and pays for) the batch a second time. Quick: no Spark.
     """
+    import io
+
     from pydantic import SecretStr
 
     from spark_llm_batch.config import BatchConfig, ProviderSettings
@@ -383,11 +408,10 @@ def test_a_batch_created_right_after_the_creating_commit_is_found_on_resume(
         ),
     )
     provider = get_provider(config)
-    path = tmp_path / "chunk.jsonl"
     body = provider.request_body(config, "Where does the reconciliation window start?")
-    path.write_text(provider.request_line("c" * 32, body, config) + "\n", encoding="utf-8")
-    chunk = ChunkRef("k" * 32, str(path), 1, path.stat().st_size, config.model_name)
-    input_ref = provider.upload(chunk)
+    data = (provider.request_line("c" * 32, body, config) + "\n").encode()
+    chunk = ChunkRef("k" * 32, 1, len(data), config.model_name)
+    input_ref = provider.upload(chunk, io.BytesIO(data))
 
     while time.time() % 1.0 > 0.5:  # commit and create in the first half of one second
         time.sleep(0.01)

@@ -1,10 +1,14 @@
 """The driver state machine against an in-memory fake provider (unit tests of the state machine only).
 
-The end-to-end and crash (SIGKILL) tests run against the emulator through the real SDK elsewhere.
+Uploads reach the fake through the driver transport, results come back through the executor
+transport (``iter_results`` pickled to a Spark task) unless a test says otherwise; see
+``tests/orchestrator_fakes.py``. The end-to-end and crash (SIGKILL) tests run against the emulator
+through the real SDK elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,26 +17,31 @@ import pytest
 from pyspark.sql import SparkSession
 
 from spark_llm_batch import _columns as C
+from spark_llm_batch._leases import Leases
 from spark_llm_batch._orchestrator import Orchestrator, RunSummary
 from spark_llm_batch._store import Store
 from spark_llm_batch._store_tables import Phase
+from spark_llm_batch._transport import DriverTransport, ExecutorTransport, Transport
 from spark_llm_batch.config import BatchConfig, PollPolicy, RetryPolicy
+from spark_llm_batch.errors import AuthenticationError
 from tests.orchestrator_fakes import (
     Crash,
     FakeProvider,
+    SplitTransport,
     TestStager,
+    fake_transport,
     prompts,
     stage_rows,
 )
 
-# Python workers must run this interpreter (the venv with pyarrow), not whatever python3 is on PATH.
+ENDPOINT = "/v1/chat/completions"
 
 
 def _config(store: Path, **overrides: Any) -> BatchConfig:
     options: dict[str, Any] = {
         "model": "openai:fake-model",
         "store": str(store),
-        "endpoint": "/v1/chat/completions",
+        "endpoint": ENDPOINT,
         "poll": PollPolicy(initial_seconds=0.01, max_seconds=0.05, progress_seconds=0.2),
         **overrides,
     }
@@ -44,20 +53,41 @@ def _setup(
 ) -> tuple[Store, list[tuple[str, str, int]]]:
     store = Store.open(spark, str(tmp_path / "store"))
     rows = prompts(n)
-    staged = stage_rows(
-        spark, rows, tmp_path, per_chunk=per_chunk, record_members=store.append_members
-    )
-    store.record_staged(staged, provider="fake", endpoint="/v1/chat/completions")
+    staged = stage_rows(spark, rows, per_chunk=per_chunk, sink=store)
+    store.record_staged(staged, provider="fake", endpoint=ENDPOINT)
     return store, rows
 
 
 def _run(
-    spark: SparkSession, store: Store, fake: FakeProvider, tmp_path: Path, **overrides: Any
+    spark: SparkSession,
+    store: Store,
+    fake: FakeProvider,
+    tmp_path: Path,
+    *,
+    transport: Transport | None = None,
+    stager: TestStager | None = None,
+    **overrides: Any,
 ) -> RunSummary:
     config = _config(tmp_path / "store", **overrides)
-    return Orchestrator(
-        spark, store, fake, config, restage=TestStager(spark, tmp_path, store.append_members)
-    ).run()
+    # As ``llm_batch`` runs it: the run's leases renewed by a heartbeat, released when it ends. A
+    # ``Crash`` releases them too, so the next run takes the batches over at once (a killed
+    # driver's leases expire instead: the subprocess crash tests cover that).
+    leases = Leases(store, ttl=config.lease_seconds)
+    with leases.heartbeat():
+        return Orchestrator(
+            spark,
+            store,
+            fake,
+            config,
+            transport=transport or fake_transport(store, fake),
+            leases=leases,
+            restage=stager or TestStager(spark, store),
+        ).run()
+
+
+def _chunk_keys(store: Store) -> set[str]:
+    """The batch keys the ``chunks`` table holds rows of."""
+    return {r[0] for r in store.table("chunks").select("batch_key").distinct().collect()}
 
 
 def _results(store: Store) -> dict[str, dict[str, Any]]:
@@ -74,17 +104,21 @@ def _assert_all_answered(store: Store, rows: list[tuple[str, str, int]]) -> None
         assert results[hash_]["final"] is True
 
 
+# Results through the driver transport as well (slow: tests/test_collect.py runs both already).
+@pytest.mark.parametrize("results", ["executors", pytest.param("driver", marks=pytest.mark.slow)])
 def test_happy_path_several_batches_respect_the_cap(
-    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture, results: str
 ) -> None:
     store, rows = _setup(spark, tmp_path, n=9, per_chunk=3)
     fake = FakeProvider.build(polls_to_end=2)
+    transport = fake_transport(store, fake, results)
     with caplog.at_level(logging.INFO, logger="spark_llm_batch"):
-        summary = _run(spark, store, fake, tmp_path, max_in_flight=2)
+        summary = _run(spark, store, fake, tmp_path, transport=transport, max_in_flight=2)
     assert summary.created == 3
     assert summary.collected == 3
     assert 1 <= fake.max_active <= 2
     assert len(fake.creates) == len(set(fake.creates)) == 3
+    assert sorted(fake.uploads) == sorted(fake.creates)  # each chunk streamed once
     _assert_all_answered(store, rows)
     progress = store.progress(provider="fake")
     assert progress.batches["collected"] == 3
@@ -96,8 +130,11 @@ def test_happy_path_several_batches_respect_the_cap(
     assert "-> submitted" in messages
     assert "-> collected" in messages
     assert "requests done" in messages
+    # The run swept the lines of what it collected; the driver's downloads are dropped.
+    assert _chunk_keys(store) == set()
+    assert store.table("downloads").count() == 0
     # Nothing is left for a second run: no new batch, nothing created.
-    again = _run(spark, store, fake, tmp_path)
+    again = _run(spark, store, fake, tmp_path, transport=transport)
     assert again.created == 0
     assert len(fake.creates) == 3
 
@@ -153,31 +190,41 @@ def test_crash_after_create_is_adopted_not_created_again(
     _assert_all_answered(store, rows)
 
 
-def test_a_crash_after_the_merge_is_collected_again_with_one_full_merge(
+def test_a_crash_after_the_merge_is_collected_again_and_the_merge_adds_nothing(
     spark: SparkSession, tmp_path: Path
 ) -> None:
     from spark_llm_batch import _orchestrator_ended
 
     store, rows = _setup(spark, tmp_path, n=4, per_chunk=2)
     fake = FakeProvider.build()
-    calls: list[bool] = []
-    real = _orchestrator_ended.collect_batches
+    calls: list[int] = []
+    merges: list[tuple[bool, int]] = []
+    real_collect, real_merge = _orchestrator_ended.collect_batches, Store.merge_results
 
     def crashing(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs["resumed"])
-        outcomes = real(*args, **kwargs)
+        calls.append(len(args[2]))
+        outcomes = real_collect(*args, **kwargs)
         if len(calls) == 1:
             raise Crash("after the MERGE commit, before collected")
         return outcomes
 
+    def merge(self: Store, source: Any, *, insert_only: bool = False) -> int:
+        merges.append((insert_only, real_merge(self, source, insert_only=insert_only)))
+        return merges[-1][1]
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_orchestrator_ended, "collect_batches", crashing)
+        patch.setattr(Store, "merge_results", merge)
         with pytest.raises(Crash):
             _run(spark, store, fake, tmp_path)
         assert {r.state for r in store.current_batches(provider="fake")} == {Phase.ENDED}
+        first = _results(store)
         summary = _run(spark, store, fake, tmp_path)
-    assert calls == [False, True]  # the second run knows the batches were ended before it began
+    assert calls == [2, 2]  # both batches collected by the crashed run, then again
+    # First attempts: insert-only both times; the second MERGE finds every row there already.
+    assert merges == [(True, 4), (True, 0)]
     assert (summary.created, summary.collected) == (0, 2)
+    assert _results(store) == first
     _assert_all_answered(store, rows)
 
 
@@ -185,8 +232,11 @@ def test_a_crash_after_the_merge_is_collected_again_with_one_full_merge(
 def test_crash_before_create_creates_once(spark: SparkSession, tmp_path: Path) -> None:
     store, rows = _setup(spark, tmp_path, n=2, per_chunk=2)
     (staged,) = store.current_batches(provider="fake")
-    store.append_batches([staged.to(Phase.UPLOADED, input_ref="file-x").to(Phase.CREATING)])
     fake = FakeProvider.build()
+    # The crashed run uploaded the chunk (the fake keeps the file) and committed ``creating``.
+    (input_ref,) = DriverTransport(store, fake).upload([staged.chunk])
+    fake.uploads.clear()
+    store.append_batches([staged.to(Phase.UPLOADED, input_ref=input_ref).to(Phase.CREATING)])
     summary = _run(spark, store, fake, tmp_path)
     assert (summary.adopted, summary.created) == (0, 1)
     assert fake.uploads == []  # resumed from ``creating``: the recorded file is used
@@ -206,6 +256,7 @@ def test_expired_batch_retries_open_requests_in_a_new_batch(
     assert attempts == [1, 1, 1, 2, 2, 2]
     retry = store.current_batches(provider="fake", include_terminal=True)
     assert sorted(r.attempt for r in retry) == [1, 2]
+    assert _chunk_keys(store) == set()  # both batches collected: their lines swept
 
 
 @pytest.mark.slow
@@ -251,3 +302,81 @@ def test_queue_full_batch_is_requeued_with_less_in_flight(
         r.state.value for r in store.current_batches(provider="fake", include_terminal=True)
     )
     assert states == ["abandoned", "collected", "collected"]
+    assert _chunk_keys(store) == set()  # the copied lines are swept with the rest
+
+
+@pytest.mark.parametrize("uploads", ["driver", "executors"])
+def test_a_chunk_whose_rows_vanished_is_abandoned_and_its_requests_are_pending_again(
+    spark: SparkSession, tmp_path: Path, uploads: str
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=2, per_chunk=2)
+    (record,) = store.current_batches(provider="fake")
+    spark.sql(f"DELETE FROM {store.table_ref('chunks')} WHERE batch_key = '{record.key}'").collect()
+    fake = FakeProvider.build()
+    up = DriverTransport if uploads == "driver" else ExecutorTransport
+    transport = SplitTransport(up(store, fake), ExecutorTransport(store, fake))
+    summary = _run(spark, store, fake, tmp_path, transport=transport)
+    (abandoned,) = store.current_batches(provider="fake", include_terminal=True)
+    assert abandoned.state is Phase.ABANDONED
+    assert abandoned.error is not None
+    assert "chunk missing" in abandoned.error
+    assert record.key in abandoned.error
+    assert (fake.uploads, fake.creates) == ([], [])  # nothing to send, nothing sent
+    assert (summary.created, summary.collected) == (0, 0)
+    # Its requests are neither answered nor in flight: the next staging sends them again.
+    assert store.results_df().count() == 0
+    assert store.inflight_hashes().count() == 0
+    pending = spark.createDataFrame([(h,) for h, _, _ in rows], f"`{C.HASH}` STRING")
+    pending = pending.join(store.final_hashes(), C.HASH, "left_anti")
+    assert pending.join(store.inflight_hashes(), C.HASH, "left_anti").count() == len(rows)
+
+
+def _stage_pending(spark: SparkSession, store: Store, rows: list[tuple[str, str, int]]) -> int:
+    """What ``llm_batch`` does before a run: stage every request neither answered for good nor in
+    flight, at the attempt after its last one; the number staged."""
+    from pyspark.sql import functions as F
+
+    frame = spark.createDataFrame(
+        [(h, line) for h, line, _ in rows], f"`{C.HASH}` STRING, line STRING"
+    )
+    pending = (
+        frame.join(store.final_hashes(), C.HASH, "left_anti")
+        .join(store.inflight_hashes(), C.HASH, "left_anti")
+        .join(store.attempts(), C.HASH, "left")
+        .select(C.HASH, "line", F.coalesce(F.col(C.ATTEMPT) + 1, F.lit(1)).alias(C.ATTEMPT))
+    )
+    again = [(r[C.HASH], r["line"], int(r[C.ATTEMPT])) for r in pending.collect()]
+    staged = stage_rows(spark, again, per_chunk=1000, sink=store)
+    store.record_staged(staged, provider="fake", endpoint=ENDPOINT)
+    return len(again)
+
+
+def test_auth_refusals_stop_the_run_stay_open_and_are_sent_by_the_next_run(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=4, per_chunk=4)
+    fake = FakeProvider.build(outcomes={0: "auth"})
+    stager = TestStager(spark, store)
+    with pytest.raises(AuthenticationError, match="refused 2 request"):
+        _run(spark, store, fake, tmp_path, stager=stager)
+    (record,) = store.current_batches(provider="fake", include_terminal=True)
+    assert record.state is Phase.COLLECTED
+    assert (record.completed, record.failed) == (2, 2)
+    results = _results(store)
+    refused = {h for h, r in results.items() if r["error_class"] == "auth"}
+    assert len(refused) == 2
+    assert all(not results[h]["final"] and results[h]["attempt"] == 1 for h in refused)
+    assert all(r["final"] for h, r in results.items() if h not in refused)
+    assert stager.calls == 0  # nothing re-staged
+    assert len(fake.creates) == 1
+
+    # The key is fixed: the next run sends the refused requests again, and only those.
+    assert _stage_pending(spark, store, rows) == 2
+    summary = _run(spark, store, fake, tmp_path, stager=stager)
+    assert (summary.created, summary.collected, summary.restaged) == (1, 1, 0)
+    assert len(fake.creates) == 2
+    sent = fake.batches["batch_1"]["lines"]
+    assert {json.loads(line)["custom_id"] for line in sent} == refused
+    _assert_all_answered(store, rows)
+    assert {h for h, r in _results(store).items() if r["attempt"] == 2} == refused
+    assert _chunk_keys(store) == set()  # the second run swept both batches' lines

@@ -6,14 +6,13 @@ import hashlib
 import json
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from spark_llm_batch import _columns as C
-from spark_llm_batch._chunk_files import chunk_parts, open_chunk, resolve_staging
 from spark_llm_batch._pack import StagedChunks, stage_chunks
 from spark_llm_batch._pack_plan import _dealt, _Group
 from spark_llm_batch.errors import ConfigError
@@ -53,48 +52,55 @@ def _expected(
     }
 
 
-class _Members:
-    """A members sink that keeps the committed rows (packing's single write job runs here)."""
+class _Chunks:
+    """A chunk sink that keeps the committed rows (packing's single write job runs here)."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[str, str, int]] = []
+        self.rows: list[tuple[str, str, int, int, str]] = []
+        self.appends = 0
 
-    def __call__(self, frame: DataFrame) -> None:
-        self.rows += [(r[C.HASH], r["batch_key"], r["attempt"]) for r in frame.collect()]
+    def append_chunks(self, frame: DataFrame) -> None:
+        self.appends += 1
+        self.rows += [
+            (r["batch_key"], r["hash"], r["attempt"], r["nbytes"], r["line"])
+            for r in frame.collect()
+        ]
+
+    def chunk_sizes(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+        sizes: dict[str, tuple[int, int]] = {}
+        for key, _, _, nbytes, _ in self.rows:
+            if key in keys:
+                n, b = sizes.get(key, (0, 0))
+                sizes[key] = (n + 1, b + nbytes)
+        return sizes
 
 
 def _check(
     staged: StagedChunks,
-    members: _Members,
+    sink: _Chunks,
     expected: dict[str, tuple[int, int]],
     *,
     max_requests: int,
     max_bytes: int,
     slack: int = 1,
 ) -> None:
-    """Limits, bound, exactly-once placement, files == refs, members == files."""
+    """Limits, bound, exactly-once placement, rows == refs, sizes == lines."""
     placed: dict[str, str] = {}
+    attempts = {c.key: c.attempt for c in staged.chunks}
     for chunk in staged.chunks:
-        with open_chunk(chunk.uri) as stream:
-            data = stream.read()
-        assert len(data) == chunk.nbytes == sum(size for _, size in chunk_parts(chunk.uri))
-        assert data.endswith(b"\n")
-        assert not data.endswith(b"\n\n")
-        lines = data.decode("utf-8").split("\n")[:-1]
-        assert len(lines) == chunk.requests <= max_requests
-        assert chunk.nbytes <= max_bytes
-        assert chunk.uri.endswith(f"/{chunk.key}")
-        for line in lines:
+        rows = [r for r in sink.rows if r[0] == chunk.key]
+        assert len(rows) == chunk.requests <= max_requests
+        assert sum(len(r[4].encode()) + 1 for r in rows) == chunk.nbytes <= max_bytes
+        for _, hash_, attempt, nbytes, line in rows:
+            assert nbytes == len(line.encode()) + 1
             custom_id = json.loads(line)["custom_id"]
+            assert custom_id == hash_
             assert custom_id not in placed
-            assert expected[custom_id][1] == chunk.attempt
+            assert expected[custom_id][1] == chunk.attempt == attempt
             placed[custom_id] = chunk.key
     assert set(placed) == set(expected)
-    attempts = {c.key: c.attempt for c in staged.chunks}
-    assert len(members.rows) == len(placed)
-    assert {h: (k, a) for h, k, a in members.rows} == {
-        h: (k, attempts[k]) for h, k in placed.items()
-    }
+    assert len(sink.rows) == len(placed)
+    assert sink.appends == 1  # one write job
     for attempt in set(attempts.values()):
         group = [v[0] for v in expected.values() if v[1] == attempt]
         bound = max(math.ceil(len(group) / max_requests), math.ceil(sum(group) / max_bytes))
@@ -103,18 +109,17 @@ def _check(
 
 def _stage(
     pending: DataFrame, tmp_path: Path, max_requests: int, max_bytes: int
-) -> tuple[StagedChunks, _Members]:
-    members = _Members()
+) -> tuple[StagedChunks, _Chunks]:
+    sink = _Chunks()
     staged = stage_chunks(
         pending.sparkSession,
         pending,
         max_requests=max_requests,
         max_bytes=max_bytes,
-        staging_uri=str(tmp_path / "staging"),
         model="m",
-        record_members=members,
+        sink=sink,
     )
-    return staged, members
+    return staged, sink
 
 
 def test_one_partition_count_bound(spark: SparkSession, tmp_path: Path) -> None:
@@ -177,6 +182,7 @@ def test_empty_and_oversized_input(spark: SparkSession, tmp_path: Path) -> None:
     staged, members = _stage(_pending(spark, 10, "5").where("id < 0"), tmp_path, 10, 1000)
     assert staged.chunks == []
     assert members.rows == []
+    assert members.appends == 0
     with pytest.raises(ConfigError, match="max_bytes"):
         _stage(_pending(spark, 10, "5000"), tmp_path, 10, 1000)
 
@@ -186,16 +192,14 @@ def test_sizes_measured_without_nbytes_and_a_wrong_nbytes_is_caught(
 ) -> None:
     from pyspark.sql import functions as F
 
-    from spark_llm_batch.errors import SparkLLMBatchError
-
     pending = _pending(spark, 300, "id % 29").repartition(3)
     staged, members = _stage(pending.drop(C.NBYTES), tmp_path / "measured", 64, 4000)
     _check(staged, members, _expected(300, lambda i: i % 29), max_requests=64, max_bytes=4000)
-    # A caller's size one byte short for some lines: the files disagree with the plan.
+    # A caller's size one byte short for some lines: the write job refuses them.
     wrong = pending.withColumn(
         C.NBYTES, F.when(F.col("id") % 7 == 0, F.col(C.NBYTES) - 1).otherwise(F.col(C.NBYTES))
     )
-    with pytest.raises(SparkLLMBatchError, match="planned"):
+    with pytest.raises(Exception, match="differs from the size its encoder gave"):
         _stage(wrong, tmp_path / "wrong", 64, 4000)
 
 
@@ -249,15 +253,3 @@ def test_snake_bound_and_growth() -> None:
     assert group.next_k(11, 100, 100_000) == math.ceil(500_000 / (100_000 - 60_000)) == 13
     assert group.next_k(13, 100, 100_000) == 26
     assert group.next_k(999, 100, 100_000) == 1000
-
-
-@pytest.mark.parametrize("spelling", ["file:{}", "file://{}", "{}"])
-def test_staging_uri_spellings_name_the_same_local_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
-) -> None:
-    # Catalog schemas report locations as "file:/p": that is /p, not a folder named "file:" here.
-    monkeypatch.chdir(tmp_path)
-    target = tmp_path / "warehouse" / "_llm_staging"
-    assert resolve_staging(spelling.format(target)) == str(target)
-    assert target.is_dir()
-    assert not (tmp_path / "file:").exists()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
-import os
 import threading
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -67,11 +66,13 @@ def test_every_row_gets_its_own_answer_billed_once(
     for path in (tmp_path / "store").rglob("*"):
         if path.is_file():  # staged chunk files, Delta logs (Parquet data may be compressed:
             assert API_KEY.encode() not in path.read_bytes(), path  # so read the tables too)
-    for table in ("batches", "members", "results"):
+    for table in ("batches", "results"):
         stored = spark.read.format("delta").load(str(tmp_path / "store" / table))
         rows = [r[0] for r in stored.select(F.to_json(F.struct("*"))).collect()]
         assert rows
         assert not [row for row in rows if API_KEY in row], table
+    # The staged lines are dropped once their batches are collected.
+    assert spark.read.format("delta").load(str(tmp_path / "store" / "chunks")).count() == 0
 
 
 def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
@@ -83,17 +84,19 @@ def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
     answers1 = {r["id"]: r["text"] for r in out1.select("id", "llm.text").collect()}
     assert len(billed_counts(quick_emulator)) == 60
 
-    # A crashed run left a chunk folder no batch names, two days ago: the next run removes it.
-    orphan = tmp_path / "store" / "staging" / uuid.uuid4().hex
-    orphan.mkdir(parents=True)
-    (orphan / "part-00000.jsonl").write_text("{}\n")
-    two_days_ago = time.time() - 2 * 86400
-    os.utime(orphan, (two_days_ago, two_days_ago))
+    # A crashed run left staged lines no batch names, two days ago: the next run drops them.
+    chunks = str(tmp_path / "store" / "chunks")
+    orphan = uuid.uuid4().hex
+    two_days_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+    spark.createDataFrame(
+        [(orphan, "h", 1, 3, "{}", two_days_ago)],
+        "batch_key STRING, hash STRING, attempt INT, nbytes BIGINT, line STRING, staged_at TIMESTAMP",
+    ).write.format("delta").mode("append").save(chunks)
 
     out2 = first.llm_batch("prompt", **options)
     assert {r["id"]: r["text"] for r in out2.select("id", "llm.text").collect()} == answers1
     assert len(quick_emulator.ledger()) == 60
-    assert not orphan.exists()
+    assert spark.read.format("delta").load(chunks).where(f"batch_key = '{orphan}'").count() == 0
 
     grown = spark.createDataFrame([(i, f"prompt {i}") for i in range(75)], "id long, prompt string")
     out3 = grown.llm_batch("prompt", **options)
@@ -199,3 +202,85 @@ def test_expired_batch_keeps_its_answers_and_retries_the_rest(
     billed = billed_counts(emu)
     assert len(billed) == 30
     assert set(billed.values()) == {1}
+
+
+def test_the_driver_transport_answers_every_row_once_and_reruns_for_free(
+    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [(i, f"Drive item {i}") for i in range(90)]
+    df = spark.createDataFrame(rows, "id long, prompt string").repartition(3)
+    options = _options(quick_emulator, tmp_path / "store", transport="driver")
+    with caplog.at_level(logging.INFO, logger="spark_llm_batch"):
+        out = df.llm_batch("prompt", id_col="id", **options)
+    got = {r["id"]: r for r in out.select("id", "llm.*").collect()}
+    assert len(got) == 90
+    for i, prompt in rows:
+        assert got[i]["status"] == "succeeded", got[i]
+        assert got[i]["text"] == _answers.expected_text(prompt, model=MODEL, system=SYSTEM)
+    billed = billed_counts(quick_emulator)
+    assert len(billed) == 90
+    assert set(billed.values()) == {1}
+    # What the driver downloaded was staged in the store, then dropped once merged.
+    assert spark.read.format("delta").load(str(tmp_path / "store" / "downloads")).count() == 0
+    again = df.llm_batch("prompt", id_col="id", **options)
+    assert again.count() == 90
+    assert len(quick_emulator.ledger()) == 90
+
+
+def test_auto_transport_says_which_it_took(
+    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    df = spark.createDataFrame([(i, f"auto {i}") for i in range(5)], "id long, prompt string")
+    with caplog.at_level(logging.INFO, logger="spark_llm_batch"):
+        df.llm_batch("prompt", **_options(quick_emulator, tmp_path / "store"))
+    # Local executors reach the emulator on 127.0.0.1; tests/cluster_cases.py covers the other way.
+    assert "transport: executors (executors can reach 127.0.0.1:" in caplog.text
+
+
+def test_retry_failed_sends_stored_failures_again(
+    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+) -> None:
+    rows = [
+        (1, "fine"),
+        (2, "please [[emulator:refused]]"),
+        (3, "bad [[emulator:invalid_request]]"),
+    ]
+    df = spark.createDataFrame(rows, "id long, prompt string")
+    options = _options(quick_emulator, tmp_path / "store")
+
+    def run(**extra: Any) -> dict[int, Any]:
+        return {r["id"]: r["llm"] for r in df.llm_batch("prompt", **options, **extra).collect()}
+
+    first = run()
+    assert (first[2]["error_class"], first[3]["error_class"]) == ("refused", "invalid_request")
+    # A refusal is a 200 answer: billed. The 400 is not.
+    assert billed_counts(quick_emulator)[first[2]["request_hash"]] == 1
+    # Default: failures are final, a re-run sends nothing.
+    assert {i: r["attempts"] for i, r in run().items()} == {1: 1, 2: 1, 3: 1}
+    # Only the named class goes again, with the next attempt number.
+    again = run(retry_failed=["refused"])
+    assert {i: r["attempts"] for i, r in again.items()} == {1: 1, 2: 2, 3: 1}
+    assert billed_counts(quick_emulator)[first[2]["request_hash"]] == 2
+    # True: every failure class; successes are never sent again.
+    every = run(retry_failed=True)
+    assert {i: r["attempts"] for i, r in every.items()} == {1: 1, 2: 3, 3: 2}
+    assert billed_counts(quick_emulator)[first[1]["request_hash"]] == 1
+
+
+def test_two_inputs_with_the_same_options_get_two_outputs(
+    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+) -> None:
+    options = _options(quick_emulator, tmp_path / "store")
+    a = spark.createDataFrame([(1, "alpha")], "id long, prompt string")
+    b = spark.createDataFrame([(1, "beta"), (2, "gamma")], "id long, prompt string")
+    out_a = a.llm_batch("prompt", **options)
+    out_b = b.llm_batch("prompt", **options)
+    assert [r["prompt"] for r in out_a.collect()] == ["alpha"]  # not overwritten by b's run
+    assert sorted(r["prompt"] for r in out_b.collect()) == ["beta", "gamma"]
+
+    # The same input again is the same output location (overwritten in place).
+    def folders(frame: Any) -> set[str]:
+        return {f.rsplit("/", 1)[0] for f in frame.inputFiles()}
+
+    assert folders(a.llm_batch("prompt", **options)) == folders(out_a)
+    assert folders(out_a) != folders(out_b)

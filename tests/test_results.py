@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import astuple
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -15,10 +15,12 @@ from spark_llm_batch._results import (
     RETRYABLE,
     classify_http_error,
     parse_openai_line,
-    should_retry,
 )
 from spark_llm_batch.config import RetryPolicy
 from spark_llm_batch.providers.openai import split_lines
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def _chat(
@@ -266,17 +268,27 @@ def test_classify_http_error_words_without_status() -> None:
     assert classify_http_error(None, code="authentication_error") == "auth"
 
 
-def test_should_retry_follows_policy() -> None:
+def test_retry_condition_follows_policy(spark: SparkSession) -> None:
+    from pyspark.sql import functions as F
+
+    from spark_llm_batch._collect import retry_condition
+
     policy = RetryPolicy(rate_limited=2, expired=3)
-    assert should_retry("rate_limited", 1, policy)
-    assert not should_retry("rate_limited", 2, policy)
-    assert should_retry("expired", 2, policy)
-    assert should_retry("missing", 1, policy)
-    assert not should_retry("refused", 1, policy)  # default: 1 attempt
-    assert not should_retry("invalid_request", 1, policy)
-    assert not should_retry("auth", 1, policy)
-    assert not should_retry("cancelled", 1, policy)
-    assert not should_retry(None, 1, policy)
+    cases = [
+        ("rate_limited", 1, True),
+        ("rate_limited", 2, False),
+        ("expired", 2, True),
+        ("missing", 1, True),
+        ("refused", 1, False),  # default: 1 attempt
+        ("invalid_request", 1, False),
+        ("auth", 1, True),  # open: the job stops, and sends it again once fixed
+        ("auth", 9, True),
+        ("cancelled", 1, False),
+        (None, 1, False),
+    ]
+    frame = spark.createDataFrame([(c, a) for c, a, _ in cases], "error_class STRING, attempt INT")
+    got = frame.select(retry_condition(F.col("error_class"), F.col("attempt"), policy)).collect()
+    assert [row[0] for row in got] == [expected for _, _, expected in cases]
 
 
 def test_split_lines_only_on_newline() -> None:

@@ -1,42 +1,32 @@
-"""Retries re-send the exact staged lines, read back from the batch's chunk file."""
+"""Retries re-send the exact staged lines, read back from the batch's rows in ``chunks``."""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
 
-import pytest
 from pyspark.sql import SparkSession
 
 from spark_llm_batch import _columns as C
 from spark_llm_batch._retry_lines import retry_requests
 from spark_llm_batch._store import Store
 from spark_llm_batch._store_tables import RESULT_COLUMNS, ddl
-from spark_llm_batch.errors import StoreError
-from tests.orchestrator_fakes import FakeProvider, prompts, stage_rows
+from tests.orchestrator_fakes import prompts, stage_rows
 
 ENDPOINT = "/v1/chat/completions"
 
 
-def _open_results(spark: SparkSession, store: Store, hashes: list[str], *, final: bool) -> None:
+def _open_results(
+    spark: SparkSession,
+    store: Store,
+    hashes: list[str],
+    *,
+    final: bool,
+    error_class: str = "expired",
+) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     rows = [
-        (
-            h,
-            "failed",
-            None,
-            None,
-            "expired",
-            "batch expired",
-            None,
-            None,
-            "m",
-            "b1",
-            1,
-            final,
-            now,
-            1,
-        )
+        (h, "failed", None, None, error_class, "it failed", None, None, "m", "b1", 1, final, now, 1)
         for h in hashes
     ]
     store.merge_results(spark.createDataFrame(rows, ddl(RESULT_COLUMNS).replace("`", "")))
@@ -47,14 +37,14 @@ def test_open_requests_come_back_with_their_staged_bytes_and_the_next_attempt(
 ) -> None:
     store = Store.open(spark, str(tmp_path / "store"))
     rows = prompts(5)
-    staged = stage_rows(spark, rows, tmp_path, per_chunk=3, record_members=store.append_members)
+    staged = stage_rows(spark, rows, per_chunk=3, sink=store)
     records = store.record_staged(staged, provider="fake", endpoint=ENDPOINT)
     assert len(records) == 2
-    open_hashes = [rows[0][0], rows[4][0]]  # one in each chunk file
+    open_hashes = [rows[0][0], rows[4][0]]  # one in each chunk
     _open_results(spark, store, open_hashes, final=False)
     _open_results(spark, store, [rows[1][0]], final=True)  # answered for good: not re-sent
 
-    got = retry_requests(store, FakeProvider.build(), records).collect()
+    got = retry_requests(store, records).collect()
 
     lines = {h: line for h, line, _ in rows}
     assert sorted(r[C.HASH] for r in got) == sorted(open_hashes)
@@ -64,17 +54,22 @@ def test_open_requests_come_back_with_their_staged_bytes_and_the_next_attempt(
         assert row[C.ATTEMPT] == 2
 
 
-def test_a_vanished_chunk_file_is_a_store_error_naming_the_batch(
+def test_auth_refusals_and_requests_in_flight_elsewhere_are_not_retried(
     spark: SparkSession, tmp_path: Path
 ) -> None:
     store = Store.open(spark, str(tmp_path / "store"))
-    rows = prompts(2)
+    rows = prompts(4)
     records = store.record_staged(
-        stage_rows(spark, rows, tmp_path, per_chunk=2, record_members=store.append_members),
-        provider="fake",
-        endpoint=ENDPOINT,
+        stage_rows(spark, rows, per_chunk=4, sink=store), provider="fake", endpoint=ENDPOINT
     )
-    _open_results(spark, store, [rows[0][0]], final=False)
-    Path(records[0].uri).unlink()
-    with pytest.raises(StoreError, match=records[0].key):
-        retry_requests(store, FakeProvider.build(), records).collect()
+    expired, refused, elsewhere, answered = (h for h, _, _ in rows)
+    _open_results(spark, store, [expired, elsewhere], final=False)
+    _open_results(spark, store, [refused], final=False, error_class="auth")  # the next run's
+    _open_results(spark, store, [answered], final=True)
+    # ``elsewhere`` is also a member of another batch still in flight (a later run staged it).
+    other = stage_rows(spark, [rows[2]], per_chunk=1, sink=store)
+    store.record_staged(other, provider="fake", endpoint=ENDPOINT)
+
+    got = retry_requests(store, records).collect()
+
+    assert [(r[C.HASH], r[C.ATTEMPT]) for r in got] == [(expired, 2)]

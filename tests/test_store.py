@@ -9,10 +9,10 @@ from pyspark.sql import SparkSession
 
 from spark_llm_batch import _columns as C
 from spark_llm_batch._store import Store
-from spark_llm_batch._store_tables import MIGRATIONS, BatchRecord, Phase
+from spark_llm_batch._store_tables import BATCH_COLUMNS, MIGRATIONS, BatchRecord, Phase
 from spark_llm_batch.errors import ConfigError, StoreError
 from spark_llm_batch.providers.base import ChunkRef
-from tests.orchestrator_fakes import prompts, stage_rows
+from tests.orchestrator_fakes import Staged, prompts, stage_rows
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -23,7 +23,7 @@ def store(spark: SparkSession, tmp_path: Path) -> Store:
 
 
 def _record(key: str, requests: int = 3) -> BatchRecord:
-    chunk = ChunkRef(key, f"/tmp/{key}.jsonl", requests, 10 * requests, "m")
+    chunk = ChunkRef(key, requests, 10 * requests, "m")
     return BatchRecord.staged(chunk, provider="fake", endpoint=ENDPOINT)
 
 
@@ -80,11 +80,66 @@ def test_current_state_is_the_highest_seq_and_one_append_holds_many_batches(stor
     assert store.table("batches").count() == 5  # append-only: history kept
 
 
-def test_live_chunk_names_are_the_folders_of_batches_not_yet_collected(store: Store) -> None:
-    a, b, c = _record("a"), _record("b"), _record("c")
-    store.append_batches([a, b, c])
-    store.append_batches([b.to(Phase.COLLECTED), c.to(Phase.ABANDONED, error="re-queued")])
-    assert store.live_chunk_names() == {"a.jsonl"}
+def _chunk_keys(store: Store) -> set[str]:
+    return {r[0] for r in store.table("chunks").select("batch_key").distinct().collect()}
+
+
+def test_a_batch_record_names_its_lines_by_its_key(store: Store) -> None:
+    record = _record("a")
+    assert record.uri == "a"
+    assert record.chunk == ChunkRef("a", 3, 30, "m", 1)
+    # A live batch staged as a chunk file by an earlier development version: refuse to guess.
+    row = dict(zip([name for name, _ in BATCH_COLUMNS], record.to_row(), strict=True))
+    with pytest.raises(StoreError, match=r"batches\.uri"):
+        BatchRecord.from_row({**row, "uri": "/staging/a.jsonl", "updated_at": 0.0})
+    ended = BatchRecord.from_row(
+        {**row, "state": "collected", "uri": "/x/a.jsonl", "updated_at": 0}
+    )
+    assert ended.state is Phase.COLLECTED
+
+
+def test_chunks_hold_members_and_lines_and_copy_under_a_new_key(
+    spark: SparkSession, store: Store
+) -> None:
+    rows = prompts(5)
+    staged = stage_rows(spark, rows, per_chunk=3, sink=store)
+    first, second = staged.chunks
+    sizes = store.chunk_sizes([first.key, second.key, "absent"])
+    assert sizes == {first.key: (3, first.nbytes), second.key: (2, second.nbytes)}
+    lines = {r["hash"]: r.asDict() for r in store.chunk_lines([first.key]).collect()}
+    assert set(lines) == {h for h, _, _ in rows[:3]}
+    for hash_, line, _ in rows[:3]:
+        assert lines[hash_]["line"] == line
+        assert lines[hash_]["nbytes"] == len(line.encode()) + 1
+        assert lines[hash_]["attempt"] == 1
+        assert lines[hash_]["staged_at"] is not None
+    members = {tuple(r) for r in store.members_of([second.key]).collect()}
+    assert members == {(h, second.key, 1) for h, _, _ in rows[3:]}
+    store.copy_chunk(second.key, "copy")
+    assert store.chunk_sizes(["copy"]) == {"copy": (2, second.nbytes)}
+    copied = {r["hash"]: r["line"] for r in store.chunk_lines(["copy"]).collect()}
+    assert copied == {h: line for h, line, _ in rows[3:]}
+
+
+def test_sweep_drops_the_lines_of_ended_batches_and_of_day_old_orphans(
+    spark: SparkSession, store: Store
+) -> None:
+    staged = stage_rows(spark, prompts(4), per_chunk=1, sink=store)
+    live, collected, abandoned, orphan = (c.key for c in staged.chunks)
+    records = store.record_staged(Staged(staged.chunks[:3]), provider="fake", endpoint=ENDPOINT)
+    by_key = {r.key: r for r in records}
+    store.append_batches(
+        [
+            by_key[collected].to(Phase.COLLECTED),
+            by_key[abandoned].to(Phase.ABANDONED, error="re-queued"),
+        ]
+    )
+    # ``orphan``: rows no batch names (a crash between packing's write and the batch commit).
+    assert store.sweep_chunks() == 2
+    assert _chunk_keys(store) == {live, orphan}  # the orphan may belong to a run staging now
+    assert store.sweep_chunks(older_than=0) == 1
+    assert _chunk_keys(store) == {live}
+    assert store.sweep_chunks(older_than=0) == 0
 
 
 def test_two_rows_sharing_the_highest_seq_fail_closed(store: Store) -> None:
@@ -105,18 +160,17 @@ def test_an_unknown_state_or_newer_format_fails_closed(store: Store) -> None:
         BatchRecord.from_row({"key": "k", "state": "staged", "format_version": 99})
 
 
-def test_record_staged_writes_members_before_batches_and_feeds_the_anti_join(
-    spark: SparkSession, store: Store, tmp_path: Path
+def test_record_staged_writes_chunks_before_batches_and_feeds_the_anti_join(
+    spark: SparkSession, store: Store
 ) -> None:
     rows = prompts(5)
-    staged = stage_rows(spark, rows, tmp_path, per_chunk=2, record_members=store.append_members)
+    staged = stage_rows(spark, rows, per_chunk=2, sink=store)
     records = store.record_staged(staged, provider="fake", endpoint=ENDPOINT)
     assert len(records) == 3
-    # Write-ahead: members' commit precedes the batch rows that put them in flight.
+    # Write-ahead: the chunks' commit (members and lines) precedes the batch rows that put them
+    # in flight.
     members_time = (
-        spark.sql(f"DESCRIBE HISTORY {store.table_ref('members')}")
-        .agg({"timestamp": "max"})
-        .first()
+        spark.sql(f"DESCRIBE HISTORY {store.table_ref('chunks')}").agg({"timestamp": "max"}).first()
     )
     batches_time = (
         spark.sql(f"DESCRIBE HISTORY {store.table_ref('batches')}")
@@ -136,12 +190,10 @@ def test_record_staged_writes_members_before_batches_and_feeds_the_anti_join(
     assert (progress.requests_done, progress.requests_total) == (5, 5)
 
 
-def test_members_without_a_batch_row_are_not_in_flight(
-    spark: SparkSession, store: Store, tmp_path: Path
-) -> None:
-    # A crash between the members commit and the batches commit leaves orphans: ignored.
-    stage_rows(spark, prompts(2), tmp_path, per_chunk=2, record_members=store.append_members)
-    store.copy_members("nothing", "nothing-either")
+def test_chunks_without_a_batch_row_are_not_in_flight(spark: SparkSession, store: Store) -> None:
+    # A crash between the chunks commit and the batches commit leaves orphans: ignored.
+    stage_rows(spark, prompts(2), per_chunk=2, sink=store)
+    store.copy_chunk("nothing", "nothing-either")
     assert store.inflight_hashes().count() == 0
     assert store.progress().requests_total == 0
 
@@ -149,7 +201,9 @@ def test_members_without_a_batch_row_are_not_in_flight(
 def test_a_store_that_applied_a_retired_migration_still_opens(
     spark: SparkSession, store: Store
 ) -> None:
+    _record_migration(spark, store, "0002_create_members", 1)
     _record_migration(spark, store, "0003_create_requests", 2)
     again = Store.open(spark, store.location)
-    assert "0003_create_requests" in again.applied_migrations()
-    assert not (Path(store.location) / "requests").exists()  # new stores do not create it
+    assert {"0002_create_members", "0003_create_requests"} <= set(again.applied_migrations())
+    for retired in ("members", "requests"):  # new stores create neither
+        assert not (Path(store.location) / retired).exists()

@@ -3,10 +3,15 @@
 The orchestrator, the store and the encoder are provider-neutral; they speak in the normalised types
 below. A provider has two halves:
 
-- the data plane, run on executors: ``request_body`` / ``request_line`` turn a prompt into one line of a
-  chunk file, and ``iter_results`` streams a finished batch's results as :class:`ResultRecord` values
-  (``iter_result_rows``: the same as plain tuples, what collection reads);
-- the control plane, run on the driver: ``upload``, ``create``, ``find``, ``retrieve``, ``cancel``.
+- the data plane, run where the run's transport puts it (in Spark tasks, or on the driver; see
+  ``spark_llm_batch._transport``): ``request_body`` / ``request_line`` turn a prompt into one line of
+  a chunk, ``upload`` streams a chunk's lines to the provider, and ``iter_results`` streams a
+  finished batch's results as :class:`ResultRecord` values (``iter_result_rows``: the same as plain
+  tuples, what collection reads);
+- the control plane, run on the driver: ``create``, ``find``, ``retrieve``, ``cancel``.
+
+The data plane never opens a file: the lines to upload arrive as a stream, and results go back as
+values; where they are stored is Spark's business.
 
 OpenAI uploads a chunk as a file, then creates a batch from the file id, and tags the batch with our key
 in ``metadata`` (so ``find`` can reconcile a crash between create and commit). Anthropic has no upload
@@ -23,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, BinaryIO, ClassVar, TypeAlias
 
 from spark_llm_batch.config import BatchConfig, ProviderSettings
 
@@ -62,19 +67,18 @@ class BatchState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ChunkRef:
-    """One staged chunk file: the unit that becomes one provider batch.
+    """One staged chunk: the unit that becomes one provider batch. Its lines are the rows of the
+    store's ``chunks`` table under ``key``; a transport streams them to the provider.
 
     Attributes:
         key: our batch key (unique, 32 hex chars); also the provider batch's metadata tag.
-        uri: where the chunk's JSONL file is (a local path or a filesystem URI).
-        requests: number of request lines in the file.
-        nbytes: the file's size in bytes (every line counted with its newline).
+        requests: number of request lines.
+        nbytes: the lines' size in bytes (every line counted with its newline).
         model: the model every line uses.
         attempt: 1 for a first submission, n for the n-th try of its requests.
     """
 
     key: str
-    uri: str
     requests: int
     nbytes: int
     model: str
@@ -152,8 +156,8 @@ class Provider(ABC):
     name: ClassVar[str]
     default_max_requests: ClassVar[int]
     default_max_bytes: ClassVar[int]
-    line_id_path: ClassVar[str] = "$.custom_id"
-    """Where a request line (``request_line``) carries its custom id, as a JSON path."""
+    default_base_url: ClassVar[str]
+    """The provider's API base URL when ``settings.base_url`` is unset."""
     _client: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -161,6 +165,11 @@ class Provider(ABC):
         state = dict(self.__dict__)
         state["_client"] = None
         return state
+
+    @property
+    def base_url(self) -> str:
+        """Where the provider's API is: ``settings.base_url``, else :attr:`default_base_url`."""
+        return self.settings.base_url or self.default_base_url
 
     def batch_limits(self, config: BatchConfig) -> tuple[int, int]:
         """Requests and encoded bytes allowed per batch: the config's limits, else the provider's."""
@@ -192,11 +201,16 @@ class Provider(ABC):
         """
         return map(_AS_ROW, self.iter_results(batch))
 
-    # ---- control plane (driver) -------------------------------------------------------------------
-
     @abstractmethod
-    def upload(self, chunk: ChunkRef) -> str | None:
-        """Upload the chunk's file; return the provider's input reference (``None``: nothing to upload)."""
+    def upload(self, chunk: ChunkRef, content: BinaryIO) -> str | None:
+        """Send the chunk's lines; return the provider's input reference (``None``: nothing to upload).
+
+        ``content`` streams the chunk's ``nbytes`` bytes once, forward only (its size can be asked
+        with ``seek(0, SEEK_END)``): a failed upload is retried by the orchestrator with a fresh
+        stream, never by rewinding this one.
+        """
+
+    # ---- control plane (driver) -------------------------------------------------------------------
 
     @abstractmethod
     def create(self, chunk: ChunkRef, input_ref: str | None, config: BatchConfig) -> ProviderBatch:

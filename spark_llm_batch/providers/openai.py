@@ -1,6 +1,6 @@
 """The OpenAI Batch API provider, over the official ``openai`` SDK.
 
-A chunk file is uploaded with ``purpose="batch"``, a batch is created from the file id and tagged
+A chunk's lines are uploaded as a file with ``purpose="batch"``, a batch is created from the file id and tagged
 with our key in ``metadata``, and results are streamed line by line from the output and error files.
 
 The SDK is imported lazily (when a client is first built or an SDK error is translated), so that
@@ -23,12 +23,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, BinaryIO, ClassVar, TypeVar
 
 from pydantic import SecretStr
 
 from spark_llm_batch import _results
-from spark_llm_batch._chunk_files import open_chunk
 from spark_llm_batch._retry import RetrySettings, call_with_retry, parse_retry_after
 from spark_llm_batch.config import BatchConfig
 from spark_llm_batch.errors import AuthenticationError, ConfigError, ProviderError, redact
@@ -70,6 +69,7 @@ class OpenAIProvider(Provider):
     name: ClassVar[str] = "openai"
     default_max_requests: ClassVar[int] = 50_000
     default_max_bytes: ClassVar[int] = 200 * 1024 * 1024
+    default_base_url: ClassVar[str] = "https://api.openai.com/v1"
     retry: RetrySettings = field(default_factory=RetrySettings)
 
     # ---- pickling ---------------------------------------------------------------------------------
@@ -157,25 +157,24 @@ class OpenAIProvider(Provider):
 
     # ---- control plane ----------------------------------------------------------------------------
 
-    def upload(self, chunk: ChunkRef) -> str:
-        """Stream the chunk file to ``files.create(purpose="batch")``; return the file id."""
-        client = self._sdk()
+    def upload(self, chunk: ChunkRef, content: BinaryIO) -> str:
+        """Stream ``content`` (the chunk's lines) to ``files.create(purpose="batch")``; the file id.
 
-        def attempt() -> str:
-            with open_chunk(chunk.uri) as stream:
-                upload = (f"{chunk.key}.jsonl", stream, "application/jsonl")
-                file = client.files.create(file=upload, purpose="batch")
-            return str(file.id)
-
-        file_id = self._retrying(f"uploading chunk {chunk.key}", attempt)
+        One try, SDK retries off: the stream cannot be rewound, so a failed upload is retried by
+        the orchestrator with a fresh stream (an upload that failed is never billed).
+        """
+        client = self._sdk().with_options(max_retries=0)
+        what = f"uploading chunk {chunk.key}"
+        upload = (f"{chunk.key}.jsonl", content, "application/jsonl")
+        file = self._call(what, lambda: client.files.create(file=upload, purpose="batch"))
         log.info(
             "uploaded chunk %s (%d requests, %d bytes) as %s",
             chunk.key,
             chunk.requests,
             chunk.nbytes,
-            file_id,
+            file.id,
         )
-        return file_id
+        return str(file.id)
 
     def create(self, chunk: ChunkRef, input_ref: str | None, config: BatchConfig) -> ProviderBatch:
         """Create the batch, tagged ``{"llm_batch_key": key, "llm_batch_attempt": n}``.

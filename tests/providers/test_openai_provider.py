@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import logging
 import pickle
@@ -19,6 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from spark_llm_batch._retry import RetrySettings, call_with_retry, parse_retry_after
+from spark_llm_batch._transport import ChunkMissing, LineStream
 from spark_llm_batch.config import BatchConfig, ProviderSettings
 from spark_llm_batch.emulator import Emulator, marker
 from spark_llm_batch.errors import AuthenticationError, ConfigError, ProviderError
@@ -66,15 +68,25 @@ def _chunk(
     *,
     attempt: int = 1,
 ) -> ChunkRef:
-    path = tmp_path / f"{uuid.uuid4().hex}.jsonl"
-    with path.open("w", encoding="utf-8") as out:
-        for custom_id, prompt in prompts.items():
-            out.write(
-                provider.request_line(custom_id, provider.request_body(config, prompt), config)
-                + "\n"
-            )
-    size = path.stat().st_size
-    return ChunkRef(uuid.uuid4().hex, str(path), len(prompts), size, config.model_name, attempt)
+    data = "".join(
+        provider.request_line(custom_id, provider.request_body(config, prompt), config) + "\n"
+        for custom_id, prompt in prompts.items()
+    ).encode()
+    chunk = ChunkRef(uuid.uuid4().hex, len(prompts), len(data), config.model_name, attempt)
+    _CONTENT[chunk.key] = data
+    return chunk
+
+
+_CONTENT: dict[str, bytes] = {}
+"""Each test chunk's bytes, by key: what a transport would stream from the store."""
+
+
+def _stream(chunk: ChunkRef, piece: int = 7) -> io.BufferedReader:
+    """The chunk's bytes as transports hand them to ``upload``: forward only, in pieces, of the
+    size the chunk says."""
+    data = _CONTENT[chunk.key]
+    pieces = (data[i : i + piece] for i in range(0, len(data), piece))
+    return io.BufferedReader(LineStream(chunk.key, pieces, chunk.nbytes))
 
 
 def _wait(provider: OpenAIProvider, batch: ProviderBatch, timeout: float = 15.0) -> ProviderBatch:
@@ -87,7 +99,7 @@ def _wait(provider: OpenAIProvider, batch: ProviderBatch, timeout: float = 15.0)
 
 
 def _submit(provider: OpenAIProvider, config: BatchConfig, chunk: ChunkRef) -> ProviderBatch:
-    return provider.create(chunk, provider.upload(chunk), config)
+    return provider.create(chunk, provider.upload(chunk, _stream(chunk)), config)
 
 
 # ---- request lines ------------------------------------------------------------------------------
@@ -183,20 +195,27 @@ def test_upload_create_poll_collect(emu: Emulator, tmp_path: Path) -> None:
         assert record.output_tokens
     billed = [e["custom_id"] for e in emu.ledger() if e["batch_id"] == done.batch_id]
     assert sorted(billed) == sorted(prompts)
-    input_ref = provider.upload(chunk)
+    input_ref = provider.upload(chunk, _stream(chunk))
     provider.cleanup(input_ref)
     with pytest.raises(Exception, match=r"404|not found|No such"):
         provider._sdk().files.retrieve(input_ref)
     provider.cleanup("file-does-not-exist")  # best effort: no raise
 
 
-def test_upload_from_pyarrow_uri(emu: Emulator, tmp_path: Path) -> None:
+def test_a_stream_that_ends_short_fails_the_upload_and_creates_nothing(
+    emu: Emulator, tmp_path: Path
+) -> None:
     config = _config(emu)
     provider = _provider(config)
-    chunk = _chunk(tmp_path, provider, config, {"a" * 32: "hello"})
-    uri_chunk = ChunkRef(chunk.key, Path(chunk.uri).as_uri(), 1, chunk.nbytes, chunk.model)
-    done = _wait(provider, _submit(provider, config, uri_chunk))
-    assert [r.custom_id for r in provider.iter_results(done)] == ["a" * 32]
+    chunk = _chunk(tmp_path, provider, config, {"a" * 32: "hello", "b" * 32: "there"})
+    short = ChunkRef(chunk.key, 2, chunk.nbytes + 10, chunk.model)  # staged size says 10 more
+    files_before = len(provider._sdk().files.list().data)
+    with pytest.raises(ChunkMissing, match=rf"holds {chunk.nbytes} bytes in the store, "):
+        provider.upload(short, _stream(short))
+    assert len(provider._sdk().files.list().data) == files_before
+    # The full stream uploads.
+    done = _wait(provider, _submit(provider, config, chunk))
+    assert sorted(r.custom_id for r in provider.iter_results(done)) == ["a" * 32, "b" * 32]
 
 
 def test_find_reconciles_a_forgotten_create(emu: Emulator, tmp_path: Path) -> None:
@@ -245,9 +264,9 @@ def test_failures_land_in_the_error_file(emu: Emulator, tmp_path: Path) -> None:
 def test_batch_level_validation_failure(emu: Emulator, tmp_path: Path) -> None:
     config = _config(emu)
     provider = _provider(config)
-    path = tmp_path / "bad.jsonl"
-    path.write_text("this is not json\n", encoding="utf-8")
-    chunk = ChunkRef(uuid.uuid4().hex, str(path), 1, path.stat().st_size, "gpt-4o-mini")
+    data = b"this is not json\n"
+    chunk = ChunkRef(uuid.uuid4().hex, 1, len(data), "gpt-4o-mini")
+    _CONTENT[chunk.key] = data
     done = _wait(provider, _submit(provider, config, chunk))
     assert done.state is BatchState.FAILED
     assert done.errors
@@ -312,11 +331,19 @@ def test_control_plane_429_is_retried(
     config = _config(emulator)
     provider = _provider(config)
     provider.retry = RetrySettings(attempts=12, base_seconds=0.01, max_seconds=0.02)
+    chunk = _chunk(tmp_path, provider, config, {"r" * 32: "hi"})
+    # An upload is one try (its stream cannot be rewound): the orchestrator retries it with a
+    # fresh stream, as here; the other calls retry inside the provider.
+    refused = []
+    for _ in range(20):
+        try:
+            input_ref = provider.upload(chunk, _stream(chunk))
+            break
+        except ProviderError as exc:
+            refused.append(exc.status)
+    assert set(refused) <= {429}
     with caplog.at_level(logging.WARNING, logger="spark_llm_batch._retry"):
-        done = _wait(
-            provider,
-            _submit(provider, config, _chunk(tmp_path, provider, config, {"r" * 32: "hi"})),
-        )
+        done = _wait(provider, provider.create(chunk, input_ref, config))
         assert [r.status for r in provider.iter_results(done)] == ["succeeded"]
     assert any("status 429" in m for m in caplog.messages)
     emulator.configure(rate_limit_rate=1.0)

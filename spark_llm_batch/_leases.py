@@ -1,0 +1,237 @@
+"""Ownership of a shared store: leases, claimed with Delta's conditional commits, kept alive by a
+heartbeat, taken over once their holder stopped renewing them.
+
+The store's ``leases`` table holds one row per lease: ``name``, ``holder`` (a run's id),
+``expires_at``. Two kinds of names:
+
+- ``stage``: held while a run decides what to send and stages it. The pending requests are
+  computed under it (requests in another run's batches are in flight, so skipped), and the new
+  batches are claimed and committed before it is released: two runs never stage one request.
+- a batch key: the run that drives the batch (uploads, creates, polls, collects it). Claimed
+  before the batch's ``staged`` row is committed. Another run leaves a held batch alone and waits
+  for its results; once the lease expired (its holder died: no heartbeat for ``ttl`` seconds), a
+  run takes it over and resumes it, reconciling a create the dead run may have made.
+
+A claim is one MERGE that takes a name only where it is free, expired, or already ours; Delta
+makes two concurrent MERGEs on the table conflict, and :func:`~spark_llm_batch._store_commit.
+committing` runs the loser again, which then finds the name held. Who won is read back after.
+Times are the Spark driver's clock (``current_timestamp()``); ``ttl`` must exceed any clock skew
+between the drivers sharing a store, and the longest pause a heartbeat may suffer.
+
+A run on the same machine as a holder whose process is gone (a crashed driver, re-run on the same
+host) takes its leases over at once: holder ids carry the host and the pid.
+
+A run whose heartbeat could not renew its leases within ``ttl`` stops (``check``): another run may
+have taken its batches over, and driving them on could pay for one twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from spark_llm_batch._store_commit import committing
+from spark_llm_batch.errors import StoreError
+
+if TYPE_CHECKING:
+    from spark_llm_batch._store import Store
+
+__all__ = ["STAGE", "Leases"]
+
+log = logging.getLogger("spark_llm_batch")
+
+STAGE = "stage"
+"""The lease held while a run stages requests."""
+
+
+def _owner_id() -> str:
+    """A run's id: ``<host>/<pid>/<random>``, so that a run on the same machine can tell that
+    the holder died (its process is gone) without waiting for its lease to lapse."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+
+
+def _died_here(holder: str) -> bool:
+    """Whether ``holder`` is a run of this machine whose process no longer exists. A reused pid
+    reads as alive: that run's leases are then waited for, the safe way to be wrong."""
+    host, _, rest = holder.partition("/")
+    pid = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, another user's
+        return False
+    return False
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join("'" + name.replace("'", "''") + "'" for name in names)
+
+
+class Leases:
+    """This run's leases on ``store``.
+
+    Args:
+        store: the store.
+        ttl: seconds a lease lives without renewal; the heartbeat renews every ``ttl / 4``.
+        owner: this run's id (default: a fresh uuid4 hex).
+
+    Example:
+        >>> leases = Leases(store, ttl=120.0)  # doctest: +SKIP
+        >>> with leases.heartbeat(), leases.holding(STAGE):  # doctest: +SKIP
+        ...     ...
+    """
+
+    def __init__(self, store: Store, *, ttl: float, owner: str | None = None) -> None:
+        self.store, self.ttl = store, ttl
+        self.owner = owner or _owner_id()
+        self.held: set[str] = set()
+        self._renewed = time.monotonic()
+        self._lock = threading.Lock()
+
+    # ---- claims -----------------------------------------------------------------------------------
+
+    def claim(self, names: Sequence[str]) -> set[str]:
+        """Take every name of ``names`` that is free, expired, ours, or held by a run that died
+        on this machine; return those now ours."""
+        if not names:
+            return set()
+        values = ", ".join(f"({_names([n])})" for n in names)
+        dead = sorted({h for h in self.holders(names).values() if h and _died_here(h)})
+        or_dead = f" OR t.holder IN ({_names(dead)})" if dead else ""
+        if dead:
+            log.info("runs %s died on this machine: their leases are taken over now", dead)
+        statement = (
+            f"MERGE INTO {self.store.table_ref('leases')} t USING (SELECT name, "
+            f"'{self.owner}' AS holder, current_timestamp() + make_interval(0, 0, 0, 0, 0, 0, "
+            f"{self.ttl}) AS expires_at FROM VALUES {values} AS v(name)) s ON t.name = s.name "
+            "WHEN MATCHED AND (t.holder = s.holder OR t.expires_at < current_timestamp()"
+            f"{or_dead}) THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+        )
+        committing("claiming leases", lambda: self.store.spark.sql(statement).collect())
+        # Ours if the row names us, even if it already lapsed (a tiny ttl under a slow commit).
+        won = {n for n, holder in self.holders(names, live=False).items() if holder == self.owner}
+        with self._lock:
+            self.held |= won
+        return won
+
+    def holders(self, names: Sequence[str], *, live: bool = True) -> dict[str, str | None]:
+        """Per name: the holder of its live lease, or ``None`` (free or expired); with ``live``
+        false, whoever the row names, expired or not."""
+        if not names:
+            return {}
+        alive = " AND expires_at >= current_timestamp()" if live else ""
+        rows = self.store.spark.sql(
+            f"SELECT name, holder FROM {self.store.table_ref('leases')} WHERE name IN "
+            f"({_names(names)}){alive}"
+        ).collect()
+        found = {row["name"]: row["holder"] for row in rows}
+        return {name: found.get(name) for name in names}
+
+    def release(self, names: Sequence[str]) -> None:
+        """Give up ``names`` now (expired at once: another run may take them)."""
+        names = [n for n in names if n in self.held]
+        if not names:
+            return
+        statement = (
+            f"UPDATE {self.store.table_ref('leases')} SET expires_at = TIMESTAMP'1970-01-01 "
+            f"00:00:00' WHERE holder = '{self.owner}' AND name IN ({_names(names)})"
+        )
+        committing("releasing leases", lambda: self.store.spark.sql(statement).collect())
+        with self._lock:
+            self.held -= set(names)
+
+    @contextmanager
+    def holding(self, name: str, *, poll: float = 1.0) -> Iterator[None]:
+        """Hold ``name`` for the block, waiting (and saying so) while another run holds it."""
+        waited = False
+        while True:
+            holder = self.holders([name])[name]
+            # Claim only what looks free (a read, not a commit): waiting runs do not keep
+            # racing the holder's heartbeat.
+            free = holder in (None, self.owner) or _died_here(holder)
+            if free and name in self.claim([name]):
+                break
+            if not waited:
+                log.info("store %s: lease %r is held by run %s; waiting for it",
+                         self.store.location, name, holder)  # fmt: skip
+                waited = True
+            time.sleep(poll)
+        try:
+            yield
+        finally:
+            self.release([name])
+
+    # ---- the heartbeat ----------------------------------------------------------------------------
+
+    def renew(self) -> None:
+        """Extend every held lease by ``ttl``; a lease found lost is dropped from ``held``."""
+        with self._lock:
+            names = sorted(self.held)
+        if not names:
+            self._renewed = time.monotonic()
+            return
+        started = time.monotonic()
+        statement = (
+            f"UPDATE {self.store.table_ref('leases')} SET expires_at = current_timestamp() + "
+            f"make_interval(0, 0, 0, 0, 0, 0, {self.ttl}) WHERE holder = '{self.owner}' AND "
+            f"name IN ({_names(names)}) AND expires_at >= current_timestamp()"
+        )
+        committing("renewing leases", lambda: self.store.spark.sql(statement).collect())
+        kept = {n for n, holder in self.holders(names).items() if holder == self.owner}  # extended
+        with self._lock:
+            lost = (set(names) & self.held) - kept  # not the ones released meanwhile
+            self.held -= lost
+        if lost:
+            log.warning("run %s lost its lease on %s", self.owner, sorted(lost))
+        self._renewed = started
+
+    def check(self) -> None:
+        """Raise when the leases may have expired unrenewed (the run must stop).
+
+        Raises:
+            StoreError: no renewal succeeded for ``ttl`` seconds.
+        """
+        silent = time.monotonic() - self._renewed
+        if silent > self.ttl:
+            raise StoreError(
+                f"run {self.owner} could not renew its leases on the store {self.store.location!r} "
+                f"for {silent:.0f} s (lease_seconds={self.ttl:.0f}): another run may have taken "
+                "its batches over, so it stops rather than risk paying twice; run the same call "
+                "again to resume"
+            )
+
+    @contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Renew the held leases every ``ttl / 4`` seconds in a daemon thread, for the block;
+        release them all at its end."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.ttl / 4):
+                try:
+                    self.renew()
+                except Exception as exc:  # the run's check() stops it once ttl has passed
+                    log.warning("run %s: lease renewal failed: %s", self.owner, exc)
+
+        thread = threading.Thread(target=beat, name="spark-llm-batch-heartbeat", daemon=True)
+        self._renewed = time.monotonic()
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=self.ttl)
+            try:
+                self.release(sorted(self.held))
+            except Exception as exc:  # they expire by themselves
+                log.info("run %s: leases not released: %s", self.owner, exc)

@@ -1,0 +1,120 @@
+"""Ownership of a shared store: leases claimed, waited for, renewed, taken over; commit retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from spark_llm_batch._leases import STAGE, Leases
+from spark_llm_batch._store import Store
+from spark_llm_batch._store_commit import committing, is_transient
+from spark_llm_batch.errors import StoreError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+@pytest.fixture
+def store(spark: SparkSession, tmp_path: Path) -> Store:
+    return Store.open(spark, str(tmp_path / "store"))
+
+
+def test_a_held_lease_is_not_taken_until_it_expires_or_is_released(store: Store) -> None:
+    first, second = Leases(store, ttl=60.0), Leases(store, ttl=60.0)
+    assert first.claim(["k1", "k2"]) == {"k1", "k2"}
+    assert second.claim(["k1", "k3"]) == {"k3"}  # k1 is first's, k3 was free
+    assert second.holders(["k1", "k3", "k9"]) == {
+        "k1": first.owner,
+        "k3": second.owner,
+        "k9": None,
+    }
+    assert first.claim(["k1"]) == {"k1"}  # claiming what one holds renews it
+    first.release(["k1"])
+    assert second.claim(["k1"]) == {"k1"}
+    assert first.held == {"k2"}
+
+
+def test_a_dead_holder_is_taken_over_and_a_live_one_stops_after_losing_it(store: Store) -> None:
+    dead = Leases(store, ttl=6.0)
+    assert dead.claim(["batch"]) == {"batch"}
+    heir = Leases(store, ttl=60.0)
+    assert heir.claim(["batch"]) == set()
+    time.sleep(6.5)  # no heartbeat: the lease lapses
+    assert heir.claim(["batch"]) == {"batch"}
+    dead.renew()  # too late: it finds the lease gone, and no longer counts it as held
+    assert dead.held == set()
+    dead._renewed -= 10.0  # and it last renewed more than ttl ago
+    with pytest.raises(StoreError, match="could not renew its leases"):
+        dead.check()
+
+
+def test_the_heartbeat_keeps_leases_alive_and_releases_them_at_the_end(store: Store) -> None:
+    holder, other = Leases(store, ttl=6.0), Leases(store, ttl=6.0)
+    with holder.heartbeat():
+        holder.claim(["b"])
+        time.sleep(8.0)  # past the ttl: alive only through renewals
+        assert other.claim(["b"]) == set()
+        holder.check()
+    assert other.claim(["b"]) == {"b"}  # released when the block ended
+
+
+def test_a_second_stager_waits_for_the_first(store: Store) -> None:
+    first, second = Leases(store, ttl=60.0), Leases(store, ttl=60.0)
+    order: list[str] = []
+    with first.holding(STAGE):
+
+        def stage_second() -> None:
+            with second.holding(STAGE, poll=0.2):
+                order.append("second")
+
+        thread = threading.Thread(target=stage_second)
+        thread.start()
+        time.sleep(1.5)
+        order.append("first done")
+    thread.join(timeout=60)
+    assert order == ["first done", "second"]
+
+
+def test_committing_retries_races_and_reports_what_kept_failing() -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("[DELTA_CONCURRENT_APPEND.WITHOUT_HINT] Transaction conflict")
+        return "done"
+
+    assert committing("appending", flaky, sleep=lambda _: None) == "done"
+    assert len(calls) == 3
+
+    def always() -> None:
+        raise RuntimeError("[DELTA_CONCURRENT_APPEND] Transaction conflict detected")
+
+    with pytest.raises(StoreError, match=r"appending to batches failed 4 times.*CONCURRENT"):
+        committing("appending to batches", always, attempts=4, sleep=lambda _: None)
+
+    def broken() -> None:
+        raise RuntimeError("[PATH_NOT_FOUND] Path does not exist")
+
+    with pytest.raises(RuntimeError, match="PATH_NOT_FOUND"):  # not a race: raised at once
+        committing("reading", broken, sleep=lambda _: None)
+    assert not is_transient(RuntimeError("[PATH_NOT_FOUND]"))
+
+
+def test_a_run_that_died_on_this_machine_loses_its_leases_at_once(store: Store) -> None:
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = Leases(store, ttl=600.0)
+    dead.owner = dead.owner.split("/")[0] + f"/{gone.stdout.strip()}/feedbeef"  # its process ended
+    assert dead.claim(["b"]) == {"b"}
+    alive = Leases(store, ttl=600.0)  # this process: alive
+    assert alive.claim(["c"]) == {"c"}
+    heir = Leases(store, ttl=600.0)
+    assert heir.claim(["b", "c"]) == {"b"}  # long before b's 600 s are up; c's holder lives
