@@ -52,6 +52,9 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 REPO = Path(__file__).resolve().parents[1]
+KEEP = "/run/spark-llm-batch-connect-root"
+"""An empty mount point outside ``/tmp``: the shared tree is reached there for a moment, while the
+private mounts go on, to bind back what the server needs (see :func:`needed_inside`)."""
 READY = "connect server ready"
 START_TIMEOUT = 300.0  # the first start resolves the Delta jars; later ones take ~10-30 s
 STOP_TIMEOUT = 60.0  # a clean spark.stop(); after it the namespace is killed
@@ -90,25 +93,24 @@ def private_dirs(pytest_basetemp: Path) -> list[str]:
 
     The client's temporary files live in ``tempfile.gettempdir()`` and pytest's base temp
     directory; both are under ``/tmp`` by default, but ``TMPDIR`` or ``--basetemp`` can move them
-    onto a disk the server would otherwise share.
-
-    Raises:
-        pytest.fail.Exception: a directory to hide holds what the server needs (the repository,
-            the virtualenv or the home directory), so hiding it would break the server.
+    onto a disk the server would otherwise share. What the server needs and a hidden directory
+    holds (a checkout under ``/tmp``, as a CI clone may be) is shown to it again:
+    :func:`needed_inside`.
     """
     dirs = [Path("/tmp")]
     for candidate in (Path(tempfile.gettempdir()).resolve(), pytest_basetemp.resolve()):
         if not any(candidate.is_relative_to(d) for d in dirs):
             dirs.append(candidate)
-    needed = [REPO, Path(sys.prefix).resolve(), Path.home().resolve()]
-    for hidden in dirs:
-        clash = [str(n) for n in needed if n.is_relative_to(hidden)]
-        if clash:
-            pytest.fail(
-                f"cannot give the Connect server a private {hidden}: it holds {clash}, which the "
-                f"server needs; point TMPDIR / --basetemp elsewhere"
-            )
     return [str(d) for d in dirs]
+
+
+def needed_inside(hidden: Sequence[str]) -> list[str]:
+    """What the server needs (the repository, the virtualenv, the home directory) that lies
+    inside a directory of ``hidden``: bound back into its private mount, nothing else is."""
+    needed = {REPO, Path(sys.prefix).resolve(), Path.home().resolve()}
+    inside = {n for n in needed for h in hidden if n.is_relative_to(h)}
+    # The outermost only (the virtualenv is usually inside the repository).
+    return sorted(str(n) for n in inside if not any(n != o and n.is_relative_to(o) for o in inside))
 
 
 def server_command(port: int, hidden: Sequence[str]) -> list[str]:
@@ -118,7 +120,16 @@ def server_command(port: int, hidden: Sequence[str]) -> list[str]:
     the server (PID 1 of the namespace) gets SIGKILL, and with it every process it started (the
     JVM, the Python workers); the private mounts go with the namespace.
     """
-    mounts = [f"mount -t tmpfs -o size={PRIVATE_TMP_SIZE} tmpfs {shlex.quote(d)}" for d in hidden]
+    keep = needed_inside(hidden)
+    mounts = []
+    if keep:  # the shared tree stays reachable at KEEP while the private mounts go on top
+        mounts += [f"mkdir -p {KEEP}", f"mount --rbind / {KEEP}"]
+    mounts += [f"mount -t tmpfs -o size={PRIVATE_TMP_SIZE} tmpfs {shlex.quote(d)}" for d in hidden]
+    for path in keep:
+        quoted = shlex.quote(path)
+        mounts += [f"mkdir -p {quoted}", f"mount --bind {shlex.quote(KEEP + path)} {quoted}"]
+    if keep:
+        mounts.append(f"umount -l {KEEP}")
     # The working directory is private too, so spark-warehouse/, metastore_db/ and derby.log land
     # in the server's /tmp, not in the shared repository; PYTHONPATH finds tests.connect_fixtures.
     script = " && ".join(
