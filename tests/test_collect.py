@@ -238,13 +238,15 @@ def test_recollecting_changes_nothing_and_keeps_final_rows(
     again = _collect_and_check(store, provider, records, kind=transport_kind)
     assert again == first == {"a": (1, 0, 1, 0), "b": (0, 1, 0, 0)}
     assert _result_rows(store) == before_rows
-    # A final row is never overwritten, even by a different answer of a newer attempt.
-    _members(spark, store, [("h3", "c", 2)])
-    provider.scripts["c"] = [_ok("h3")]
+    # A success is never overwritten, even by a different answer of a newer attempt ...
+    _members(spark, store, [("h1", "c", 2), ("h3", "c", 2)])
+    provider.scripts["c"] = [_bad("h1", "invalid_request"), _ok("h3", "asked again")]
     records = [_ended("c", attempt=2)]
-    assert _collect_and_check(store, provider, records, kind=transport_kind) == {"c": (0, 0, 0, 0)}
-    h3 = _results(store)["h3"]
-    assert (h3["status"], h3["attempt"]) == ("failed", 1)
+    assert _collect_and_check(store, provider, records, kind=transport_kind) == {"c": (1, 0, 0, 0)}
+    h1, h3 = _results(store)["h1"], _results(store)["h3"]
+    assert (h1["status"], h1["attempt"]) == ("succeeded", 1)
+    # ... while a final failure gives way to a later attempt (one retry_failed sent again).
+    assert (h3["status"], h3["text"], h3["attempt"]) == ("succeeded", "asked again", 2)
 
 
 def test_first_attempts_merge_insert_only_and_retries_merge_in_full(
