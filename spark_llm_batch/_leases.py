@@ -43,7 +43,7 @@ from spark_llm_batch.errors import StoreError
 if TYPE_CHECKING:
     from spark_llm_batch._store import Store
 
-__all__ = ["STAGE", "Leases"]
+__all__ = ["STAGE", "Leases", "died_here"]
 
 log = logging.getLogger("spark_llm_batch")
 
@@ -57,7 +57,7 @@ def _owner_id() -> str:
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
 
 
-def _died_here(holder: str) -> bool:
+def died_here(holder: str) -> bool:
     """Whether ``holder`` is a run of this machine whose process no longer exists. A reused pid
     reads as alive: that run's leases are then waited for, the safe way to be wrong."""
     host, _, rest = holder.partition("/")
@@ -106,7 +106,7 @@ class Leases:
         if not names:
             return set()
         values = ", ".join(f"({_names([n])})" for n in names)
-        dead = sorted({h for h in self.holders(names).values() if h and _died_here(h)})
+        dead = sorted({h for h in self.holders(names).values() if h and died_here(h)})
         or_dead = f" OR t.holder IN ({_names(dead)})" if dead else ""
         if dead:
             log.info("runs %s died on this machine: their leases are taken over now", dead)
@@ -158,7 +158,7 @@ class Leases:
             holder = self.holders([name])[name]
             # Claim only what looks free (a read, not a commit): waiting runs do not keep
             # racing the holder's heartbeat.
-            free = holder in (None, self.owner) or _died_here(holder)
+            free = holder in (None, self.owner) or died_here(holder)
             if free and name in self.claim([name]):
                 break
             if not waited:

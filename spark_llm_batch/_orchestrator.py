@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from spark_llm_batch import _failpoints
-from spark_llm_batch._leases import Leases
+from spark_llm_batch._leases import Leases, died_here
 from spark_llm_batch._orchestrator_ended import EndedPhase, RestageFn
 from spark_llm_batch._progress import RunSummary, summarize
 from spark_llm_batch._store_tables import BatchRecord, Phase
@@ -169,10 +169,10 @@ class Orchestrator(EndedPhase):
         self._take(records)
 
     def _take(self, records: list[BatchRecord]) -> None:
-        """Drive the records this run holds or can claim (free or expired leases); wait for the
-        others (another live run drives them)."""
+        """Drive the records this run holds or can claim (free or expired leases, or held by a
+        run that died on this machine); wait for the others (another live run drives them)."""
         holders = self.leases.holders([r.key for r in records])
-        free = [r.key for r in records if holders[r.key] is None]
+        free = [r.key for r in records if died_here(holders[r.key] or "") or not holders[r.key]]
         won = self.leases.claim(free) if free else set()
         for record in records:
             if record.key not in won and holders[record.key] != self.leases.owner:
