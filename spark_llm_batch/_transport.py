@@ -63,6 +63,9 @@ RESULT_ROW_COLUMNS = (("batch_key", "STRING"), ("hash", "STRING"), *RESULT_FIELD
 DOWNLOAD_WINDOW_ROWS = 50_000
 """Result rows the driver transport holds before appending them to ``downloads`` (~tens of MB)."""
 
+_ROWS_PER_BATCH = 4096
+"""Result rows per Arrow batch as lines are parsed (both transports)."""
+
 UPLOAD_THREADS = 4
 """Chunks uploaded at once (concurrent Spark jobs, or concurrent driver streams)."""
 
@@ -271,7 +274,7 @@ class _DownloadTask:
 
     provider: Provider
     batches: tuple[ProviderBatch, ...]
-    rows_per_batch: int = 4096
+    rows_per_batch: int = _ROWS_PER_BATCH
 
     def __call__(self, ids: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for part in ids:
@@ -379,7 +382,7 @@ class DriverTransport(_Uploads):
         collection = uuid.uuid4().hex
         try:
             for batch in batches:
-                for window in _windows(_result_batches(self.provider, batch, 4096)):
+                for window in _windows(_result_batches(self.provider, batch, _ROWS_PER_BATCH)):
                     self.store.append_downloads(collection, window)
             yield self.store.downloads(collection)
         finally:
