@@ -2,20 +2,25 @@
 
 One path, whatever the transport:
 
-1. The transport gives the result lines of the batches that have any
-   (:meth:`~spark_llm_batch._transport.Transport.result_rows`: read in Spark tasks, or downloaded
-   by the driver into the store); batches failed as a whole are not read.
-2. One aggregate, grouped by request hash, meets the lines with the batches' members (from
-   ``chunks``): a line for a hash that is no member of its batch is dropped, two lines for one
-   member keep the success (else the first), and a member without a line gets its batch's fill
-   (``missing``, or ``batch_failed`` with the provider's message). ``final`` comes from the retry
-   policy, as a Spark expression (:func:`retry_condition`). All of it runs in the JVM: one shuffle,
-   no Python per row.
+1. Each batch's members (from ``chunks``, narrow: hash and attempt) go to one Spark task: a grouped
+   map over ``batch_key``, a partition per batch (``repartitionByRange``; only the narrow member
+   rows are shuffled).
+2. In that task (:class:`_Meet`) the batch's result lines meet its members: the lines are read from
+   the provider right there (``transport="executors"``) or arrive in the same group, downloaded
+   beforehand by the driver into the store (``"driver"``); see
+   :meth:`~spark_llm_batch._transport.Transport.result_lines`. A line for a hash that is no member
+   is dropped, two lines for one member keep the first success (else the first line), and a member
+   without a line gets its batch's fill (``missing``, or ``batch_failed`` with the provider's
+   message; batches failed as a whole are not read). So every row leaves the task once, with no
+   shuffle of the wide result rows; ``final`` is added in the JVM from the retry policy
+   (:func:`retry_condition`).
 3. One MERGE into ``results`` (:meth:`Store.merge_results`): insert-only when every batch is a first
    attempt (a row already there can only be this same collection's, committed before a crash), the
    full MERGE otherwise (a final row is never overwritten, an older attempt never overwrites a
-   newer one).
-4. The outcomes per batch are counted from ``results`` joined with the members
+   newer one). A hash that is a member of two of the batches (an attempt left uncollected by a
+   crash, and its retry) is found first, from the members alone; such batches are then merged one
+   at a time, in attempt order, so the MERGE rules decide between their rows.
+4. The outcomes per batch are counted from the rows in ``results`` that carry its batch id
    (:func:`batch_outcomes`); no result row reaches the driver.
 
 Authentication, permission and billing failures (class ``auth``) are stored with ``final`` false:
@@ -26,19 +31,22 @@ again once the credentials are fixed.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from spark_llm_batch._arrow_rows import ROWS_PER_BATCH, no_cyclic_gc, rows_batch
 from spark_llm_batch._results import RETRYABLE
 from spark_llm_batch._store_tables import FORMAT_VERSION, RESULT_FIELDS, BatchRecord
 from spark_llm_batch.config import RetryPolicy
-from spark_llm_batch.providers.base import BatchState, ProviderBatch
+from spark_llm_batch.providers.base import BatchState, Provider, ProviderBatch, ResultRow
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import Column, DataFrame
 
     from spark_llm_batch._store import Store
-    from spark_llm_batch._transport import Transport
+    from spark_llm_batch._transport import ResultLines, Transport
 
 __all__ = ["Outcome", "Outcomes", "batch_outcomes", "collect_batches", "retry_condition"]
 
@@ -81,11 +89,12 @@ def collect_batches(
 ) -> Outcomes:
     """Read the results of ended batches and MERGE one row per member into ``results``.
 
-    One commit (the MERGE); running it again after a crash changes nothing.
+    One commit (the MERGE; one per batch when their members overlap); running it again after a
+    crash changes nothing.
 
     Args:
         store: the store.
-        transport: brings the result lines into Spark.
+        transport: brings the result lines to the collection tasks.
         records: the ended batches' current records.
         retry: decides which failed rows stay open (``final`` false) for another attempt.
         failed_whole: batch key -> the provider's message, for batches that failed as a whole:
@@ -97,39 +106,40 @@ def collect_batches(
     if not records:
         return {}
     failed_whole = failed_whole or {}
+    groups = [list(records)]
+    if len(records) > 1 and _members_overlap(store, [r.key for r in records]):
+        groups = [[r] for r in sorted(records, key=lambda r: (r.attempt, r.key))]
+    for group in groups:
+        _merge_group(store, transport, group, retry, failed_whole)
+    return batch_outcomes(store, records)
+
+
+def _members_overlap(store: Store, keys: Sequence[str]) -> bool:
+    """Whether some hash is a member of two of the batches (narrow columns only)."""
+    from pyspark.sql import functions as F
+
+    twice = store.members_of(keys).groupBy("hash").agg(F.count(F.lit(1)).alias("n"))
+    return bool(twice.where(F.col("n") > 1).limit(1).collect())
+
+
+def _merge_group(
+    store: Store,
+    transport: Transport,
+    records: Sequence[BatchRecord],
+    retry: RetryPolicy,
+    failed_whole: dict[str, str],
+) -> None:
     readable = [provider_batch(r) for r in records if r.key not in failed_whole]
     now = dt.datetime.now(dt.timezone.utc)
-    with transport.result_rows(readable) as lines:
+    with transport.result_lines(readable) as lines:
         source = _source(store, records, lines, failed_whole, retry, now)
         store.merge_results(source, insert_only=all(r.attempt == 1 for r in records))
-    return batch_outcomes(store, [r.key for r in records])
-
-
-def _fills(store: Store, records: Sequence[BatchRecord], failed_whole: dict[str, str]) -> DataFrame:
-    """Per batch (small, broadcast): its id, model, attempt, and the class and message of a member
-    with no line."""
-    rows = [
-        (
-            r.key,
-            r.batch_id,
-            r.model,
-            r.attempt,
-            "batch_failed" if r.key in failed_whole else "missing",
-            failed_whole.get(r.key, f"no result line for this request in batch {r.batch_id}"),
-        )
-        for r in records
-    ]
-    schema = (
-        "f_key STRING, f_batch_id STRING, f_model STRING, f_attempt INT, f_class STRING, "
-        "f_message STRING"
-    )
-    return store.spark.createDataFrame(rows, schema)
 
 
 def _source(
     store: Store,
     records: Sequence[BatchRecord],
-    lines: DataFrame,
+    lines: ResultLines,
     failed_whole: dict[str, str],
     retry: RetryPolicy,
     now: dt.datetime,
@@ -139,72 +149,172 @@ def _source(
 
     keys = [r.key for r in records]
     nothing = [F.lit(None).cast(kind).alias(name) for name, kind in RESULT_FIELDS]
-    members = store.members_of(keys).select(
-        "hash", "batch_key", "attempt", F.lit(True).alias("member"), *nothing
+    group = store.members_of(keys).select(
+        "batch_key", "hash", F.lit(True).alias("member"), *nothing
     )
-    got = lines.where(F.col("batch_key").isin(keys)).select(
-        "hash", "batch_key", F.lit(None).cast("int").alias("attempt"), F.lit(False).alias("member"),
-        *_LINE,
-    )  # fmt: skip
-    both = members.unionByName(got)
-    is_member = F.col("member")
-    grouped = both.groupBy("hash").agg(
-        F.collect_list(F.when(is_member, F.struct("attempt", "batch_key"))).alias("m"),
-        F.collect_list(F.when(~is_member, F.struct("batch_key", *_LINE))).alias("l"),
-    )
-    member_keys = F.transform("m", lambda m: m["batch_key"])
-    valid = F.filter("l", lambda x: F.array_contains(member_keys, x["batch_key"]))
-
-    def member_attempt(line: Column) -> Column:
-        return F.get(F.filter("m", lambda m: m["batch_key"] == line["batch_key"]), 0)["attempt"]
-
-    # The line kept for a hash: a success first, then the later attempt.
-    scored = F.transform(
-        valid,
-        lambda x: F.struct(
-            (x["status"] == "succeeded").alias("ok"), member_attempt(x).alias("a"), x.alias("x")
-        ),
-    )
-    picked = grouped.where(F.size("m") > 0).select(  # no member here: a stranger's line, dropped
-        "hash", "m", F.array_max(scored)["x"].alias("x")
-    )
-    # The batch the row is for: the line's, else (no line) the member's latest.
-    key = F.coalesce(F.col("x.batch_key"), F.array_max("m")["batch_key"])
-    rows = picked.select("hash", "x", key.alias("k")).join(
-        F.broadcast(_fills(store, records, failed_whole)), F.col("k") == F.col("f_key")
-    )
-    answered = F.col("x").isNotNull()
-
-    def field(name: str) -> Column:
-        return F.col(f"x.{name}")
-
-    status = F.when(answered, field("status")).otherwise(F.lit("failed"))
-    error_class = F.when(answered, field("error_class")).otherwise(F.col("f_class"))
-    attempt = F.col("f_attempt").cast("int")  # the batch's attempt, as every row of it
-    out = rows.select(
-        "hash",
-        status.alias("status"),
-        field("text").alias("text"),
-        field("finish_reason").alias("finish_reason"),
-        error_class.alias("error_class"),
-        F.when(answered, field("error_message"))
-        .otherwise(F.col("f_message"))
-        .alias("error_message"),
-        field("input_tokens").alias("input_tokens"),
-        field("output_tokens").alias("output_tokens"),
-        F.coalesce(field("model"), F.col("f_model")).alias("model"),
-        F.col("f_batch_id").alias("batch_id"),
-        attempt.alias("attempt"),
+    if lines.staged is not None:
+        got = lines.staged.where(F.col("batch_key").isin(keys))
+        group = group.unionByName(
+            got.select("batch_key", "hash", F.lit(False).alias("member"), *_LINE)
+        )
+    fills = {
+        r.key: _Fill(
+            batch=None if r.key in failed_whole else provider_batch(r),
+            batch_id=r.batch_id,
+            model=r.model,
+            attempt=r.attempt,
+            error_class="batch_failed" if r.key in failed_whole else "missing",
+            message=failed_whole.get(
+                r.key, f"no result line for this request in batch {r.batch_id}"
+            ),
+        )
+        for r in records
+    }
+    met = (
+        group.repartitionByRange(len(keys), "batch_key")  # a partition per batch, about
+        .groupBy("batch_key")
+        .applyInArrow(_iterator_form(_Meet(fills, lines.reader)), _met_ddl())
     )
     final = (F.col("status") == "succeeded") | ~retry_condition(
         F.col("error_class"), F.col("attempt"), retry
     )
-    return out.select(
-        *out.columns,
+    return met.select(
+        *met.columns,
         final.alias("final"),
         F.lit(now).alias("updated_at"),  # a literal: one value for the whole collection
         F.lit(FORMAT_VERSION).alias("format_version"),
     )
+
+
+_MET_COLUMNS = (("hash", "STRING"), *RESULT_FIELDS, ("batch_id", "STRING"), ("attempt", "INT"))
+"""What a collection task gives per member: the results table's columns up to ``attempt``."""
+
+
+def _met_ddl() -> str:
+    return ", ".join(f"`{name}` {kind}" for name, kind in _MET_COLUMNS)
+
+
+def _iterator_form(
+    meet: _Meet,
+) -> Callable[[tuple[pa.Scalar, ...], Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """``meet`` as a function whose type hints ask ``applyInArrow`` for its iterator form (a
+    group's rows stream in Arrow batches; rows stream out)."""
+    import pyarrow as pa
+
+    def grouped(
+        key: tuple[pa.Scalar, ...], batches: Iterator[pa.RecordBatch]
+    ) -> Iterator[pa.RecordBatch]:
+        return meet(key, batches)
+
+    # Spark reads these at runtime: real types, not the strings postponed annotations leave.
+    grouped.__annotations__ = {
+        "key": tuple[pa.Scalar, ...],
+        "batches": Iterator[pa.RecordBatch],
+        "return": Iterator[pa.RecordBatch],
+    }
+    return grouped
+
+
+@dataclass(frozen=True)
+class _Fill:
+    """What a collection task knows of its batch: where to read its lines (``batch``: ``None`` when
+    it failed as a whole), and what a member without a line gets."""
+
+    batch: ProviderBatch | None
+    batch_id: str | None
+    model: str | None
+    attempt: int
+    error_class: str
+    message: str
+
+
+@dataclass(frozen=True)
+class _Meet:
+    """The grouped-map function of collection: one batch's member rows (and the lines the driver
+    staged, if any) in; one row per member out (see the module docstring)."""
+
+    fills: dict[str, _Fill]
+    reader: Provider | None
+
+    def __call__(
+        self, key: tuple[pa.Scalar, ...], batches: Iterator[pa.RecordBatch]
+    ) -> Iterator[pa.RecordBatch]:
+        fill = self.fills[key[0].as_py()]
+        meeting = _Meeting(fill)
+        with no_cyclic_gc():  # parsing: see _arrow_rows
+            for batch in batches:
+                meeting.add_group_rows(batch)
+            if self.reader is not None and fill.batch is not None:
+                for row in self.reader.iter_result_rows(fill.batch):
+                    meeting.line(row)
+                    if len(meeting.out) >= ROWS_PER_BATCH:
+                        yield meeting.flush()
+            meeting.finish()
+        while meeting.out:
+            yield meeting.flush(ROWS_PER_BATCH)
+
+
+class _Meeting:
+    """One batch's members and lines, as a collection task meets them."""
+
+    def __init__(self, fill: _Fill) -> None:
+        self.fill = fill
+        self.members: set[str] = set()
+        self.answered: set[str] = set()  # members whose success left already
+        self.failures: dict[str, ResultRow] = {}  # first failure line per member, held
+        self.held: list[ResultRow] = []  # lines seen before their member (strangers, until the end)
+        self.out: list[tuple[Any, ...]] = []
+
+    def add_group_rows(self, batch: pa.RecordBatch) -> None:
+        """Rows of the group: members, and lines the driver staged (``member`` false)."""
+        import pyarrow.compute as pc
+
+        is_member = batch.column("member")
+        self.members.update(batch.filter(is_member).column("hash").to_pylist())
+        staged = batch.filter(pc.invert(is_member))
+        if staged.num_rows:
+            columns = [staged.column(name).to_pylist() for name in ("hash", *_LINE)]
+            for row in zip(*columns, strict=True):
+                self.line(row)
+
+    def line(self, row: ResultRow) -> None:
+        """One result line: kept when it is the first success (else the first line) of a member."""
+        hash_ = row[0]
+        if hash_ not in self.members:
+            self.held.append(row)
+        elif hash_ in self.answered:
+            pass
+        elif row[1] == "succeeded":
+            self.answered.add(hash_)
+            self.failures.pop(hash_, None)
+            self._emit(row)
+        elif hash_ not in self.failures:
+            self.failures[hash_] = row
+
+    def finish(self) -> None:
+        """The held lines of members, the failures, then a fill for every member with no line."""
+        held, self.held = self.held, []
+        for row in held:
+            if row[0] in self.members:
+                self.line(row)
+        for row in self.failures.values():
+            self._emit(row)
+        fill = self.fill
+        for hash_ in self.members.difference(self.answered, self.failures):
+            self.out.append(
+                (hash_, "failed", None, None, fill.error_class, fill.message, None, None,
+                 fill.model, fill.batch_id, fill.attempt)
+            )  # fmt: skip
+        self.failures = {}
+
+    def _emit(self, row: ResultRow) -> None:
+        fill = self.fill
+        self.out.append((*row[:8], row[8] or fill.model, fill.batch_id, fill.attempt))
+
+    def flush(self, limit: int | None = None) -> pa.RecordBatch:
+        """The rows out so far (at most ``limit``) as an Arrow batch of :data:`_MET_COLUMNS`."""
+        rows, self.out = (self.out, []) if limit is None else (self.out[:limit], self.out[limit:])
+        return rows_batch(_MET_COLUMNS, rows)
 
 
 def retry_condition(error_class: Column, attempt: Column, policy: RetryPolicy) -> Column:
@@ -222,30 +332,49 @@ def retry_condition(error_class: Column, attempt: Column, policy: RetryPolicy) -
     return condition.otherwise(F.lit(False))
 
 
-def batch_outcomes(store: Store, keys: Sequence[str]) -> Outcomes:
-    """Per batch: its members' stored results at the batch's attempt, by :class:`Outcome`."""
+def batch_outcomes(store: Store, records: Sequence[BatchRecord]) -> Outcomes:
+    """Per batch: the stored results it wrote, by :class:`Outcome`.
+
+    A created batch's rows are found by the batch id they carry (no join: one narrow scan of
+    ``results``); the rows of a batch never created (it failed as a whole before the provider gave
+    it an id) through its members, at its attempt. A member whose row another batch wrote (a later
+    attempt) counts for that batch only.
+    """
     from pyspark.sql import functions as F
 
-    results = store.table("results").select(
-        "hash", "status", "final", "error_class", F.col("attempt").alias("r_attempt")
-    )
-    joined = store.members_of(keys).join(results, "hash")
-    joined = joined.where(F.col("r_attempt") == F.col("attempt"))
+    results = store.table("results")
+    by_id = {r.batch_id: r.key for r in records if r.batch_id}
+    never = [r.key for r in records if not r.batch_id]
+    frames = []
+    if by_id:
+        written = results.where(F.col("batch_id").isin(list(by_id)))
+        frames.append(
+            written.select(F.col("batch_id").alias("id"), "status", "final", "error_class")
+        )
+    if never:
+        rows = results.where(F.col("batch_id").isNull()).select(
+            "hash", "status", "final", "error_class", F.col("attempt").alias("r_attempt")
+        )
+        joined = store.members_of(never).join(rows, "hash")
+        joined = joined.where(F.col("r_attempt") == F.col("attempt"))
+        frames.append(
+            joined.select(F.col("batch_key").alias("id"), "status", "final", "error_class")
+        )
     ok = F.col("status") == "succeeded"
     auth = F.col("error_class") == "auth"
 
     def count(condition: Column) -> Column:
         return F.sum(F.when(condition, 1).otherwise(0))
 
-    counts = joined.groupBy("batch_key").agg(
+    both = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
+    counts = both.groupBy("id").agg(
         count(ok).alias("ok"),
         count(~ok & F.col("final")).alias("bad"),
         count(~F.col("final") & ~auth).alias("retry"),
         count(~F.col("final") & auth).alias("auth"),
     )
-    out = {key: Outcome() for key in keys}
+    out = {r.key: Outcome() for r in records}
     for row in counts.collect():
-        out[row["batch_key"]] = Outcome(
-            int(row["ok"]), int(row["bad"]), int(row["retry"]), int(row["auth"])
-        )
+        key = by_id.get(row["id"], row["id"])
+        out[key] = Outcome(int(row["ok"]), int(row["bad"]), int(row["retry"]), int(row["auth"]))
     return out

@@ -4,13 +4,13 @@ The seam between the orchestrator and the network. A transport does two things, 
 
 - ``upload(chunks)``: stream each chunk's lines from the store's ``chunks`` table to
   ``provider.upload``; one outcome per chunk (the input reference, or the exception it failed with).
-- ``result_rows(batches)``: the result lines of ended batches as a DataFrame of
-  :data:`RESULT_ROW_COLUMNS` (``batch_key``, ``hash`` and the parsed fields), for collection to
-  merge; a context manager, since the driver transport stages what it downloads in the store.
+- ``result_lines(batches)``: where collection's tasks find the result lines of ended batches
+  (:class:`ResultLines`): read from the provider inside each task, or already in the store; a
+  context manager, since the driver transport stages what it downloads in the store.
 
 :class:`ExecutorTransport` runs both in Spark tasks, in parallel and streaming: one task per chunk
-(a scan of the chunk's rows, coalesced into one task) and one task per batch (``spark.range`` with a
-partition per batch). For classic clusters, where executors reach the provider.
+(a scan of the chunk's rows, coalesced into one task, :data:`UPLOAD_THREADS` such jobs at once)
+uploads it, and collection's task per batch reads that batch's results itself. For classic clusters, where executors reach the provider.
 
 :class:`DriverTransport` runs both on the driver, for Databricks serverless and wherever executors
 have no egress: lines come out of Spark through ``toLocalIterator`` (one partition in memory at a
@@ -32,8 +32,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
+from spark_llm_batch._arrow_rows import ROWS_PER_BATCH, no_cyclic_gc, rows_batch
 from spark_llm_batch._store_tables import RESULT_FIELDS
 from spark_llm_batch.errors import AuthenticationError, ProviderError, StoreError
 
@@ -50,6 +51,7 @@ __all__ = [
     "ChunkMissing",
     "DriverTransport",
     "ExecutorTransport",
+    "ResultLines",
     "Transport",
     "UploadOutcome",
     "choose",
@@ -58,13 +60,10 @@ __all__ = [
 log = logging.getLogger("spark_llm_batch")
 
 RESULT_ROW_COLUMNS = (("batch_key", "STRING"), ("hash", "STRING"), *RESULT_FIELDS)
-"""The rows ``result_rows`` gives: one per result line, its batch and custom id, then the outcome."""
+"""A result line as the store's ``downloads`` holds it: its batch and custom id, then the outcome."""
 
 DOWNLOAD_WINDOW_ROWS = 50_000
 """Result rows the driver transport holds before appending them to ``downloads`` (~tens of MB)."""
-
-_ROWS_PER_BATCH = 4096
-"""Result rows per Arrow batch as lines are parsed (both transports)."""
 
 UPLOAD_THREADS = 4
 """Chunks uploaded at once (concurrent Spark jobs, or concurrent driver streams)."""
@@ -80,6 +79,19 @@ UploadOutcome: TypeAlias = "str | BaseException | None"
 """What ``upload`` gives per chunk: the input reference, or the exception the upload raised."""
 
 
+class ResultLines(NamedTuple):
+    """Where collection's tasks find the result lines of the batches they collect.
+
+    Attributes:
+        staged: result lines already in Spark (:data:`RESULT_ROW_COLUMNS`; the driver downloaded
+            them into the store), or ``None``.
+        reader: the provider each task reads its batch's lines from, or ``None`` (all staged).
+    """
+
+    staged: DataFrame | None
+    reader: Provider | None
+
+
 class Transport(Protocol):
     """Moves a run's request lines to the provider and its result lines back into Spark."""
 
@@ -90,11 +102,11 @@ class Transport(Protocol):
         (:class:`ChunkMissing`, :class:`~spark_llm_batch.errors.ProviderError`)."""
         ...
 
-    def result_rows(
+    def result_lines(
         self, batches: Sequence[ProviderBatch]
-    ) -> contextlib.AbstractContextManager[DataFrame]:
-        """The result lines of ``batches`` (each with its ``key``) as :data:`RESULT_ROW_COLUMNS`
-        rows, valid inside the ``with`` block."""
+    ) -> contextlib.AbstractContextManager[ResultLines]:
+        """Where the result lines of ``batches`` (each with its ``key``) are, valid inside the
+        ``with`` block."""
         ...
 
 
@@ -267,64 +279,17 @@ def _outcome_from_row(row: Any) -> UploadOutcome:
     return cls(row["message"], status=row["status"], retry_after=row["retry_after"])
 
 
-@dataclass(frozen=True)
-class _DownloadTask:
-    """The ``mapInArrow`` function over ``spark.range(n)`` with a partition per batch: batch ``i``'s
-    result lines, streamed from the provider in Arrow batches of ``rows_per_batch``."""
-
-    provider: Provider
-    batches: tuple[ProviderBatch, ...]
-    rows_per_batch: int = _ROWS_PER_BATCH
-
-    def __call__(self, ids: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for part in ids:
-            for index in part.column(0).to_pylist():
-                yield from _result_batches(self.provider, self.batches[index], self.rows_per_batch)
-
-
-def _result_batches(
-    provider: Provider, batch: ProviderBatch, rows_per_batch: int
-) -> Iterator[pa.RecordBatch]:
+def _result_batches(provider: Provider, batch: ProviderBatch) -> Iterator[pa.RecordBatch]:
     """``batch``'s result lines as Arrow batches of :data:`RESULT_ROW_COLUMNS`."""
-    import gc
-
+    key = batch.key or ""
     rows: list[tuple[Any, ...]] = []
-    enabled = gc.isenabled()
-    # No cyclic GC while parsing: a line's objects die young and hold no cycles, yet the
-    # collector's passes over them cost about a third of the parse time.
-    gc.disable()
-    try:
-        for row in provider.iter_result_rows(batch):
-            rows.append(row)
-            if len(rows) >= rows_per_batch:
-                yield _rows_batch(batch.key or "", rows)
-                rows = []
-    finally:
-        if enabled:
-            gc.enable()
+    for row in provider.iter_result_rows(batch):
+        rows.append((key, *row))
+        if len(rows) >= ROWS_PER_BATCH:
+            yield rows_batch(RESULT_ROW_COLUMNS, rows)
+            rows = []
     if rows:
-        yield _rows_batch(batch.key or "", rows)
-
-
-def _row_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    kinds = {"STRING": pa.string(), "BIGINT": pa.int64()}
-    return pa.schema([(name, kinds[kind]) for name, kind in RESULT_ROW_COLUMNS])
-
-
-def _rows_batch(key: str, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
-    import pyarrow as pa
-
-    schema = _row_schema()
-    columns = list(zip(*rows, strict=True))
-    arrays = [pa.array([key] * len(rows), pa.string())]
-    arrays += [pa.array(col, schema.field(i + 1).type) for i, col in enumerate(columns)]
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _row_ddl() -> str:
-    return ", ".join(f"`{name}` {kind}" for name, kind in RESULT_ROW_COLUMNS)
+        yield rows_batch(RESULT_ROW_COLUMNS, rows)
 
 
 class _Uploads(ABC):
@@ -355,13 +320,8 @@ class ExecutorTransport(_Uploads):
         return _outcome_from_row(rows[0])
 
     @contextlib.contextmanager
-    def result_rows(self, batches: Sequence[ProviderBatch]) -> Iterator[DataFrame]:
-        spark, n = self.store.spark, len(batches)
-        if not n:
-            yield spark.createDataFrame([], _row_ddl())
-            return
-        ids = spark.range(0, n, 1, n)  # a partition per batch, no shuffle
-        yield ids.mapInArrow(_DownloadTask(self.provider, tuple(batches)), _row_ddl())
+    def result_lines(self, batches: Sequence[ProviderBatch]) -> Iterator[ResultLines]:
+        yield ResultLines(staged=None, reader=self.provider)  # each collection task reads its own
 
 
 # ---- driver ---------------------------------------------------------------------------------------
@@ -378,13 +338,14 @@ class DriverTransport(_Uploads):
         return _upload_stream(self.provider, chunk, _grouped(parts, 1 << 20))
 
     @contextlib.contextmanager
-    def result_rows(self, batches: Sequence[ProviderBatch]) -> Iterator[DataFrame]:
+    def result_lines(self, batches: Sequence[ProviderBatch]) -> Iterator[ResultLines]:
         collection = uuid.uuid4().hex
         try:
-            for batch in batches:
-                for window in _windows(_result_batches(self.provider, batch, _ROWS_PER_BATCH)):
-                    self.store.append_downloads(collection, window)
-            yield self.store.downloads(collection)
+            with no_cyclic_gc():  # parsing: see _arrow_rows
+                for batch in batches:
+                    for window in _windows(_result_batches(self.provider, batch)):
+                        self.store.append_downloads(collection, window)
+            yield ResultLines(staged=self.store.downloads(collection), reader=None)
         finally:
             self.store.drop_downloads(collection)
 

@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 from pyspark.sql import DataFrame, SparkSession
 
 from spark_llm_batch import _columns as C
-from spark_llm_batch._transport import DriverTransport, ExecutorTransport, UploadOutcome
+from spark_llm_batch._transport import (
+    DriverTransport,
+    ExecutorTransport,
+    ResultLines,
+    UploadOutcome,
+)
 from spark_llm_batch.config import BatchConfig, ProviderSettings
 from spark_llm_batch.errors import ProviderError
 from spark_llm_batch.providers.base import (
@@ -186,10 +191,10 @@ class SplitTransport:
     def upload(self, chunks: Sequence[ChunkRef]) -> list[UploadOutcome]:
         return self.up.upload(chunks)
 
-    def result_rows(
+    def result_lines(
         self, batches: Sequence[ProviderBatch]
-    ) -> contextlib.AbstractContextManager[DataFrame]:
-        return self.down.result_rows(batches)
+    ) -> contextlib.AbstractContextManager[ResultLines]:
+        return self.down.result_lines(batches)
 
 
 def fake_transport(store: Store, fake: FakeProvider, results: str = "executors") -> SplitTransport:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -130,7 +130,7 @@ def _collect_and_check(
     """Collect; check the outcomes and one row per hash; nothing left in ``downloads``."""
     transport = _transport(kind, store, provider)
     outcomes = collect_batches(store, transport, records, retry=RETRY, failed_whole=failed_whole)
-    assert outcomes == batch_outcomes(store, [r.key for r in records])
+    assert outcomes == batch_outcomes(store, records)
     hashes = [r["hash"] for r in store.table("results").select("hash").collect()]
     assert len(hashes) == len(set(hashes)), "one results row per hash"
     assert store.table("downloads").count() == 0  # the driver's downloads are dropped
@@ -301,17 +301,38 @@ def test_collecting_into_a_store_holding_other_results_merges(
     )
 
 
-def test_a_member_at_another_attempt_is_not_counted(
+def test_a_batch_never_created_is_counted_through_its_members(
     spark: SparkSession, store: Store, transport_kind: str
 ) -> None:
-    # As before: a member counts only when its attempt is its result's (the batch's) attempt.
-    _members(spark, store, [("h1", "a", 1), ("h2", "a", 2)])
+    # Batch a failed before the provider gave it an id: its rows carry none.
+    _members(spark, store, [("h1", "a", 1), ("h2", "a", 1), ("h3", "b", 1)])
     provider = ScriptedProvider(
-        ProviderSettings(api_key="sk-test-000000"), scripts={"a": [_ok("h1"), _ok("h2")]}
+        ProviderSettings(api_key="sk-test-000000"), scripts={"b": [_ok("h3")]}
     )
-    outcomes = _collect_and_check(store, provider, [_ended("a")], kind=transport_kind)
-    assert outcomes == {"a": (1, 0, 0, 0)}
-    assert {r["attempt"] for r in _results(store).values()} == {1}
+    never = replace(_ended("a", refs=("explode",)), batch_id=None)
+    outcomes = _collect_and_check(
+        store, provider, [never, _ended("b")], {"a": "batch (not created) failed: no"},
+        kind=transport_kind,
+    )  # fmt: skip
+    assert outcomes == {"a": (0, 2, 0, 0), "b": (1, 0, 0, 0)}
+    results = _results(store)
+    assert {results[h]["batch_id"] for h in ("h1", "h2")} == {None}
+    assert results["h3"]["batch_id"] == "batch_b"
+
+
+def test_a_hash_in_two_batches_of_one_attempt_keeps_one_row(
+    spark: SparkSession, store: Store, transport_kind: str
+) -> None:
+    # Staging never puts a hash in two batches of one attempt; if it happened, the results would
+    # still hold one row per hash (the batches are merged one at a time).
+    _members(spark, store, [("h1", "a", 1), ("h2", "a", 1), ("h1", "b", 1)])
+    provider = ScriptedProvider(
+        ProviderSettings(api_key="sk-test-000000"),
+        scripts={"a": [_ok("h1"), _ok("h2")], "b": [_ok("h1", "other")]},
+    )
+    outcomes = _collect_and_check(store, provider, [_ended("a"), _ended("b")], kind=transport_kind)
+    assert outcomes == {"a": (2, 0, 0, 0), "b": (0, 0, 0, 0)}
+    assert _results(store)["h1"]["batch_id"] == "batch_a"
 
 
 def test_provider_errors_are_raised_and_nothing_is_committed(

@@ -1,18 +1,23 @@
-"""The transport's pieces that need no Spark: the upload stream and upload outcomes as rows.
+"""The transport's pieces: the upload stream, upload outcomes as rows, the executors' upload job.
 
-The transports themselves run in the collection tests (both of them), the pipeline tests and the
+The transports as a whole run in the collection tests (both of them), the pipeline tests and the
 cluster cases (executors on a cluster, the driver when executors have no egress).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from spark_llm_batch._store import Store
 from spark_llm_batch._transport import (
     ChunkMissing,
+    ExecutorTransport,
     LineStream,
     _outcome_from_row,
     _outcome_row,
@@ -20,6 +25,10 @@ from spark_llm_batch._transport import (
 )
 from spark_llm_batch.errors import AuthenticationError, ProviderError
 from spark_llm_batch.providers.base import ChunkRef
+from tests.orchestrator_fakes import stage_rows
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 def test_the_stream_answers_size_probes_and_reads_forward() -> None:
@@ -88,3 +97,34 @@ def test_upload_outcomes_travel_from_tasks_as_rows(outcome: object) -> None:
     if isinstance(outcome, ProviderError):
         assert isinstance(back, ProviderError)
         assert (back.status, back.retry_after) == (outcome.status, outcome.retry_after)
+
+
+class _Digest:
+    """A provider's ``upload`` only, in Spark tasks: the reference names the lines it was sent
+    (in any order: a file's lines are requests, not a sequence)."""
+
+    def upload(self, chunk: ChunkRef, content: io.BufferedReader) -> str:
+        return f"{chunk.key}:{_digest(content.read())}"
+
+
+def _digest(data: bytes) -> str:
+    assert data.endswith(b"\n")
+    return hashlib.sha256(b"".join(sorted(data.splitlines(keepends=True)))).hexdigest()
+
+
+def test_the_executors_upload_each_chunk_in_its_own_task_with_its_own_bytes(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store = Store.open(spark, str(tmp_path / "store"))
+    rows = [(f"h{i:02d}", f'{{"custom_id":"h{i:02d}","n":{i}}}', 1) for i in range(7)]
+    staged = stage_rows(spark, rows, per_chunk=3, sink=store)  # chunks of 3, 3 and 1 lines
+    gone = staged.chunks[1]
+    spark.sql(f"DELETE FROM {store.table_ref('chunks')} WHERE batch_key = '{gone.key}'").collect()
+    outcomes = ExecutorTransport(store, _Digest()).upload(staged.chunks)  # type: ignore[arg-type]
+    for i, (chunk, outcome) in enumerate(zip(staged.chunks, outcomes, strict=True)):
+        if chunk is gone:
+            assert isinstance(outcome, ChunkMissing)
+            assert chunk.key in str(outcome)
+            continue
+        lines = "".join(line + "\n" for _, line, _ in rows[3 * i : 3 * i + 3]).encode()
+        assert outcome == f"{chunk.key}:{_digest(lines)}"
