@@ -14,7 +14,8 @@ The store's ``leases`` table holds one row per lease: ``name``, ``holder`` (a ru
 
 A claim is one MERGE that takes a name only where it is free, expired, or already ours; Delta
 makes two concurrent MERGEs on the table conflict, and :func:`~spark_llm_batch._store_commit.
-committing` runs the loser again, which then finds the name held. Who won is read back after.
+committing` runs the loser again, which then finds the name held. Who won: every name, when the
+MERGE reports a row written for each; else it is read back.
 Times are the Spark driver's clock (``current_timestamp()``); ``ttl`` must exceed any clock skew
 between the drivers sharing a store, and the longest pause a heartbeat may suffer.
 
@@ -23,6 +24,9 @@ host) takes its leases over at once: holder ids carry the host and the pid.
 
 A run whose heartbeat could not renew its leases within ``ttl`` stops (``check``): another run may
 have taken its batches over, and driving them on could pay for one twice.
+
+The lease of a finished (collected or abandoned) batch guards nothing: the run stops renewing it
+and lets it lapse (``let_lapse``), without a commit.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spark_llm_batch._store_commit import committing
 from spark_llm_batch.errors import StoreError
@@ -77,6 +81,13 @@ def _names(names: Iterable[str]) -> str:
     return ", ".join("'" + name.replace("'", "''") + "'" for name in names)
 
 
+def _rows_written(metrics: list[Any]) -> int:
+    """Rows a MERGE or UPDATE reports it wrote (``num_affected_rows``); -1 when it reports none."""
+    if not metrics or "num_affected_rows" not in metrics[0].asDict():
+        return -1
+    return int(metrics[0]["num_affected_rows"])
+
+
 class Leases:
     """This run's leases on ``store``.
 
@@ -100,13 +111,21 @@ class Leases:
 
     # ---- claims -----------------------------------------------------------------------------------
 
-    def claim(self, names: Sequence[str]) -> set[str]:
+    def claim(
+        self, names: Sequence[str], *, holders: dict[str, str | None] | None = None
+    ) -> set[str]:
         """Take every name of ``names`` that is free, expired, ours, or held by a run that died
-        on this machine; return those now ours."""
+        on this machine; return those now ours.
+
+        ``holders``: what the caller just read with :meth:`holders` (or knows: nobody holds a key
+        made a moment ago), so that it is not read again to find the dead ones.
+        """
         if not names:
             return set()
         values = ", ".join(f"({_names([n])})" for n in names)
-        dead = sorted({h for h in self.holders(names).values() if h and died_here(h)})
+        if holders is None:
+            holders = self.holders(names)
+        dead = sorted({h for h in holders.values() if h and died_here(h)})
         or_dead = f" OR t.holder IN ({_names(dead)})" if dead else ""
         if dead:
             log.info("runs %s died on this machine: their leases are taken over now", dead)
@@ -117,9 +136,13 @@ class Leases:
             "WHEN MATCHED AND (t.holder = s.holder OR t.expires_at < current_timestamp()"
             f"{or_dead}) THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
         )
-        committing("claiming leases", lambda: self.store.spark.sql(statement).collect())
-        # Ours if the row names us, even if it already lapsed (a tiny ttl under a slow commit).
-        won = {n for n, holder in self.holders(names, live=False).items() if holder == self.owner}
+        metrics = committing("claiming leases", lambda: self.store.spark.sql(statement).collect())
+        if _rows_written(metrics) == len(set(names)):  # every name's row is now ours
+            won = set(names)
+        else:  # some were held (or no metrics): ours if the row names us, even if it already
+            # lapsed (a tiny ttl under a slow commit)
+            found = self.holders(names, live=False)
+            won = {n for n, holder in found.items() if holder == self.owner}
         with self._lock:
             self.held |= won
         return won
@@ -136,6 +159,17 @@ class Leases:
         ).collect()
         found = {row["name"]: row["holder"] for row in rows}
         return {name: found.get(name) for name in names}
+
+    def let_lapse(self, names: Iterable[str]) -> None:
+        """Stop renewing ``names`` (still ours until they expire); no commit. For the leases of
+        finished batches, which no run needs: releasing them would cost a commit for nothing."""
+        with self._lock:
+            self.held -= set(names)
+
+    def mine(self) -> set[str]:
+        """The names this run holds (a copy: the heartbeat drops lost ones meanwhile)."""
+        with self._lock:
+            return set(self.held)
 
     def release(self, names: Sequence[str]) -> None:
         """Give up ``names`` now (expired at once: another run may take them)."""
@@ -159,7 +193,7 @@ class Leases:
             # Claim only what looks free (a read, not a commit): waiting runs do not keep
             # racing the holder's heartbeat.
             free = holder in (None, self.owner) or died_here(holder)
-            if free and name in self.claim([name]):
+            if free and name in self.claim([name], holders={name: holder}):
                 break
             if not waited:
                 log.info("store %s: lease %r is held by run %s; waiting for it",
@@ -186,8 +220,11 @@ class Leases:
             f"make_interval(0, 0, 0, 0, 0, 0, {self.ttl}) WHERE holder = '{self.owner}' AND "
             f"name IN ({_names(names)}) AND expires_at >= current_timestamp()"
         )
-        committing("renewing leases", lambda: self.store.spark.sql(statement).collect())
-        kept = {n for n, holder in self.holders(names).items() if holder == self.owner}  # extended
+        metrics = committing("renewing leases", lambda: self.store.spark.sql(statement).collect())
+        if _rows_written(metrics) == len(names):  # every one extended
+            kept = set(names)
+        else:
+            kept = {n for n, holder in self.holders(names).items() if holder == self.owner}
         with self._lock:
             lost = (set(names) & self.held) - kept  # not the ones released meanwhile
             self.held -= lost

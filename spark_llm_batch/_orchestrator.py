@@ -171,9 +171,11 @@ class Orchestrator(EndedPhase):
     def _take(self, records: list[BatchRecord]) -> None:
         """Drive the records this run holds or can claim (free or expired leases, or held by a
         run that died on this machine); wait for the others (another live run drives them)."""
-        holders = self.leases.holders([r.key for r in records])
+        # Leases this run holds are its own (the heartbeat drops any it finds lost): not read.
+        holders: dict[str, str | None] = dict.fromkeys(self.leases.mine(), self.leases.owner)
+        holders.update(self.leases.holders([r.key for r in records if r.key not in holders]))
         free = [r.key for r in records if died_here(holders[r.key] or "") or not holders[r.key]]
-        won = self.leases.claim(free) if free else set()
+        won = self.leases.claim(free, holders={k: holders[k] for k in free}) if free else set()
         for record in records:
             if record.key not in won and holders[record.key] != self.leases.owner:
                 if record.key not in self._foreign:
@@ -248,6 +250,8 @@ class Orchestrator(EndedPhase):
         rows, self._held = [*self._held, *(events or [])], []
         if rows:
             self.store.append_batches(rows)
+            # A finished batch's lease guards nothing now: left to lapse, not released.
+            self.leases.let_lapse([r.key for r in rows if r.state.is_terminal])
 
     def _hold_ends(self, events: list[BatchRecord]) -> None:
         """Adopt ``events`` (ends, in-progress observations) now; commit them with the next commit.

@@ -38,6 +38,28 @@ def test_a_held_lease_is_not_taken_until_it_expires_or_is_released(store: Store)
     assert first.held == {"k2"}
 
 
+def test_claims_and_renewals_read_back_only_when_some_name_was_not_written(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = Leases(store, ttl=60.0), Leases(store, ttl=60.0)
+    reads: list[list[str]] = []
+    holders = Leases.holders
+
+    def counted(self: Leases, names: list[str], *, live: bool = True) -> dict[str, str | None]:
+        reads.append(list(names))
+        return holders(self, names, live=live)
+
+    monkeypatch.setattr(Leases, "holders", counted)
+    assert first.claim(["k1", "k2"], holders={"k1": None, "k2": None}) == {"k1", "k2"}
+    first.renew()
+    assert reads == []  # both wrote a row per name: nothing to read back
+    assert second.claim(["k1", "k3"]) == {"k3"}  # k1 is held: who won is read back
+    assert reads == [["k1", "k3"], ["k1", "k3"]]
+    assert first.holders(["k1", "k2", "k3"]) == {
+        "k1": first.owner, "k2": first.owner, "k3": second.owner
+    }  # fmt: skip
+
+
 def test_a_dead_holder_is_taken_over_and_a_live_one_stops_after_losing_it(store: Store) -> None:
     dead = Leases(store, ttl=6.0)
     assert dead.claim(["batch"]) == {"batch"}
