@@ -1,4 +1,4 @@
-"""Packing: assign pending requests to provider-sized chunks and write each chunk's lines to files.
+"""Packing: assign pending requests to provider-sized chunks and stage their lines in the store.
 
 The algorithm runs on executors in two Spark jobs; only per-part statistics reach the driver:
 
@@ -10,13 +10,15 @@ The algorithm runs on executors in two Spark jobs; only per-part statistics reac
    folded as ``fine % P``), chosen so that both limits are sure to hold when each part's rows,
    ranked by ``(size desc, hash)`` after the rows of the parts before it, are dealt in snake order
    (rank ``r`` to chunk ``0..K-1``, then ``K-1..0``, ...).
-3. Write (one job, the full lines). Rows are shuffled by part and sorted within it; each task deals
-   its parts' rows (dropping duplicates, adjacent after the sort) to chunks, and its output rows
-   (``batch_key``, ``hash``, ``attempt``, ``nbytes``, ``line``) are appended to the store's
-   ``chunks`` table by the sink in the same job: Spark writes them, wherever the store is. No row
-   passes through the driver. Every line's size is checked against its measured size as it is
-   dealt, and each chunk's count and bytes (read back from the table's narrow columns) against the
-   plan and the limits.
+3. Write (one job, the full lines, all in the JVM: no Python worker sees a row). Rows are
+   shuffled by part; a window over each part and attempt group, ordered by ``(size desc, hash)``,
+   drops duplicates (adjacent in that order) and numbers the rest, and each row's chunk follows
+   from its rank and the plan (literal maps per attempt). The rows (``batch_key``, ``hash``,
+   ``attempt``, ``nbytes``, ``line``) are appended to the store's ``chunks`` table by the sink in
+   the same job: Spark writes them, wherever the store is. No row passes through the driver. Every
+   line's size is checked against its measured size as it is dealt (a mismatch fails the job), and
+   each chunk's count and bytes (read back from the table's narrow columns) against the plan and
+   the limits.
 
 Guarantee (the bound and its proof: ``_pack_plan``): both limits always hold, and a group uses at
 most one chunk more than its limits require unless its largest line is too large a share of the
@@ -25,9 +27,9 @@ byte limit, for any input partitioning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from spark_llm_batch._columns import ATTEMPT, HASH, LINE, NBYTES
 from spark_llm_batch._pack_plan import FINE_PARTS, _dealt, _Group, _Plan, _plan
@@ -35,9 +37,7 @@ from spark_llm_batch.errors import ConfigError, SparkLLMBatchError
 from spark_llm_batch.providers.base import ChunkRef
 
 if TYPE_CHECKING:
-    import numpy as np
-    import pyarrow as pa
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 __all__ = ["StagedChunks", "stage_chunks"]
 
@@ -45,6 +45,7 @@ _SIZE = "__llm_pack_size"
 _GROUP = "__llm_pack_attempt"
 _FINE = "__llm_pack_fine"
 _PART = "__llm_pack_part"
+_TWIN = "__llm_pack_twin"
 
 
 @dataclass
@@ -100,92 +101,58 @@ def _measure(rows: DataFrame) -> list[_Group]:
     return [groups[a] for a in sorted(groups)]
 
 
-class _Dealer:
-    """The ``mapInArrow`` function: deal a task's sorted rows to chunks; yield the chunks' rows."""
+def _dealt_rows(rows: DataFrame, plan: _Plan) -> DataFrame:
+    """The write job's rows (``batch_key``, ``hash``, ``attempt``, ``nbytes``, ``line``): every
+    distinct request dealt to its chunk, all in the JVM (see the module docstring).
 
-    def __init__(self, plan: _Plan) -> None:
-        self.plan = plan
+    Within each part and attempt group, rows are ordered by ``(size desc, hash)``; a duplicate
+    (same hash and attempt, hence same part and size) sorts right after its twin and is dropped;
+    the others are numbered (``row_number``), and rank ``offset[part] + number`` goes to chunk
+    ``snake(rank)``. A line that is null, or whose size is not the one measured, fails the job.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window
 
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        state: dict[str, Any] = {"last": None, "run": None, "index": 0}
-        for batch in batches:
-            if batch.num_rows:
-                yield self._deal(batch, state)
-
-    def _deal(self, batch: pa.RecordBatch, state: dict[str, Any]) -> pa.RecordBatch:
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        parts = batch.column(_PART).to_numpy(zero_copy_only=False)
-        groups = batch.column(_GROUP).to_numpy(zero_copy_only=False)
-        hashes = batch.column(HASH)
-        # A duplicate (same hash and attempt) sorts right after its twin, possibly across batches.
-        previous = pa.concat_arrays([pa.array([state["last"]], hashes.type), hashes[:-1]])
-        continues = state["run"] == (parts[0], groups[0])
-        same_run = np.concatenate([[continues], _same_as_previous(parts, groups)])
-        equal = pc.fill_null(pc.equal(hashes, previous), False).to_numpy(zero_copy_only=False)
-        keep = ~(equal & same_run)
-        state["last"] = hashes[-1].as_py()
-        kept = batch.filter(pa.array(keep))
-        parts, groups = parts[keep], groups[keep]
-        index = _run_index(parts, groups, state)
-        chunk = self._chunks(parts, groups, index)
-        lines, sizes = kept.column(LINE), kept.column(_SIZE)
-        if lines.null_count:
-            raise SparkLLMBatchError("a request line to stage is null")
-        measured = pc.add(pc.binary_length(lines).cast(pa.int64()), 1)
-        if not pc.all(pc.equal(measured, sizes.cast(pa.int64()))).as_py():
-            raise SparkLLMBatchError(
-                "a request line's size differs from the size its encoder gave (__llm_bytes)"
+    order = Window.partitionBy(_PART, _GROUP).orderBy(F.col(_SIZE).desc(), F.col(HASH))
+    parted = (
+        rows.withColumn(_PART, F.pmod(F.col(_FINE), F.lit(plan.parts)).cast("int"))
+        .select(HASH, LINE, _SIZE, _GROUP, _PART)
+        .repartition(plan.parts, _PART)
+    )
+    twin = F.coalesce(F.lag(HASH).over(order) == F.col(HASH), F.lit(False))
+    distinct = parted.withColumn(_TWIN, twin).where(~F.col(_TWIN)).drop(_TWIN)
+    offsets = _per_attempt({a: F.array(*map(F.lit, o)) for a, o in plan.offsets.items()})
+    rank = F.element_at(offsets, F.col(_PART) + 1) + F.row_number().over(order) - 1
+    k = _per_attempt({a: F.lit(v) for a, v in plan.ks.items()})
+    base = _per_attempt({a: F.lit(v) for a, v in plan.bases.items()})
+    pos, round_ = F.pmod(rank, k), F.floor(rank / k)
+    chunk = base + F.when(F.pmod(round_, 2) == 0, pos).otherwise(k - 1 - pos)
+    keys = F.array(*[F.lit(key) for key in plan.keys])
+    measured = (F.octet_length(LINE) + 1).cast("long")
+    nbytes = (
+        F.when(F.col(LINE).isNull(), F.raise_error(F.lit("a request line to stage is null")))
+        .when(measured == F.col(_SIZE), measured)
+        .otherwise(
+            F.raise_error(
+                F.lit("a request line's size differs from the size its encoder gave (__llm_bytes)")
             )
-        keys = pa.array(self.plan.keys, pa.string())
-        return pa.RecordBatch.from_arrays(
-            [
-                pc.take(keys, pa.array(chunk)),
-                kept.column(HASH),
-                pa.array(groups, pa.int32()),
-                measured,
-                lines,
-            ],
-            ["batch_key", "hash", "attempt", "nbytes", "line"],
         )
-
-    def _chunks(self, parts: np.ndarray, groups: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """Global chunk index of each row: snake order over its group's chunks, by global rank."""
-        import numpy as np
-
-        chunk = np.empty(len(index), dtype=np.int64)
-        for attempt in np.unique(groups).tolist():
-            mask = groups == attempt
-            offsets = np.asarray(self.plan.offsets[attempt], dtype=np.int64)
-            rank = offsets[parts[mask]] + index[mask]
-            k = self.plan.ks[attempt]
-            pos, rnd = rank % k, rank // k
-            chunk[mask] = self.plan.bases[attempt] + np.where(rnd % 2 == 0, pos, k - 1 - pos)
-        return chunk
+    )
+    return distinct.select(
+        F.element_at(keys, (chunk + 1).cast("int")).alias("batch_key"),
+        F.col(HASH).alias("hash"),
+        F.col(_GROUP).cast("int").alias("attempt"),
+        nbytes.cast("long").alias("nbytes"),
+        F.col(LINE).alias("line"),
+    )
 
 
-def _same_as_previous(parts: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    return (parts[1:] == parts[:-1]) & (groups[1:] == groups[:-1])
+def _per_attempt(values: dict[int, Column]) -> Column:
+    """``values[attempt]`` for each row's attempt group (a literal map of the plan's values)."""
+    from pyspark.sql import functions as F
 
-
-def _run_index(parts: np.ndarray, groups: np.ndarray, state: dict[str, Any]) -> np.ndarray:
-    """Each row's index within its (part, attempt) run, continuing the previous batch's run."""
-    import numpy as np
-
-    n = len(parts)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.concatenate([[True], ~_same_as_previous(parts, groups)])
-    start_at = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    index = np.arange(n, dtype=np.int64) - start_at
-    if state["run"] == (parts[0], groups[0]):
-        first_run = start_at == 0
-        index[first_run] += state["index"]
-    state["index"] = int(index[-1]) + 1
-    state["run"] = (parts[-1], groups[-1])
-    return index
+    pairs = [x for attempt, v in sorted(values.items()) for x in (F.lit(attempt), v)]
+    return F.element_at(F.create_map(*pairs), F.col(_GROUP))
 
 
 def _parallelism(spark: SparkSession) -> int:
@@ -251,7 +218,6 @@ def stage_chunks(
         >>> [(c.requests, c.nbytes) for c in staged.chunks]  # doctest: +SKIP
         [(33334, 10400208), (33333, 10399896), (33333, 10399896)]
     """
-    from pyspark.sql import functions as F
 
     rows = _rows(pending_df, attempt_col)
     groups = _measure(rows)
@@ -264,17 +230,7 @@ def stage_chunks(
             "requests with the same limits so that such rows fail as 'too_large'"
         )
     plan = _plan(groups, max_requests, max_bytes, _parallelism(spark))
-    by_part = (
-        rows.withColumn(_PART, F.pmod(F.col(_FINE), F.lit(plan.parts)).cast("int"))
-        .select(HASH, LINE, _SIZE, _GROUP, _PART)
-        .repartition(plan.parts, _PART)
-        .sortWithinPartitions(_PART, _GROUP, F.col(_SIZE).desc(), HASH)
-    )
-    dealt = by_part.mapInArrow(
-        _Dealer(plan),
-        "batch_key STRING, hash STRING, attempt INT, nbytes BIGINT, line STRING",
-    )
-    sink.append_chunks(dealt)
+    sink.append_chunks(_dealt_rows(rows, plan))
     sizes = sink.chunk_sizes(plan.keys)
     return StagedChunks(_written(plan, groups, sizes, model, max_requests, max_bytes))
 

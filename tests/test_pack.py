@@ -201,6 +201,10 @@ def test_sizes_measured_without_nbytes_and_a_wrong_nbytes_is_caught(
     )
     with pytest.raises(Exception, match="differs from the size its encoder gave"):
         _stage(wrong, tmp_path / "wrong", 64, 4000)
+    # A line missing where a size was given: refused too, never staged as an empty request.
+    holed = pending.withColumn(C.LINE, F.when(F.col("id") != 5, F.col(C.LINE)))
+    with pytest.raises(Exception, match="a request line to stage is null"):
+        _stage(holed, tmp_path / "holed", 64, 4000)
 
 
 def _snake_max(sizes: list[int], k: int) -> int:
