@@ -10,7 +10,8 @@ The seam between the orchestrator and the network. A transport does two things, 
 
 :class:`ExecutorTransport` runs both in Spark tasks, in parallel and streaming: one task per chunk
 (a scan of the chunk's rows, coalesced into one task, :data:`UPLOAD_THREADS` such jobs at once)
-uploads it, and collection's task per batch reads that batch's results itself. For classic clusters, where executors reach the provider.
+uploads it, and collection's task per batch reads that batch's results itself. For classic
+clusters, where executors reach the provider.
 
 :class:`DriverTransport` runs both on the driver, for Databricks serverless and wherever executors
 have no egress: lines come out of Spark through ``toLocalIterator`` (one partition in memory at a
