@@ -37,7 +37,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from spark_llm_batch._arrow_rows import ROWS_PER_BATCH, no_cyclic_gc, rows_batch
 from spark_llm_batch._results import RETRYABLE
-from spark_llm_batch._store_tables import FORMAT_VERSION, RESULT_FIELDS, BatchRecord
+from spark_llm_batch._store_tables import (
+    FORMAT_VERSION,
+    RESULT_COLUMNS,
+    RESULT_FIELDS,
+    BatchRecord,
+    ddl,
+)
 from spark_llm_batch.config import RetryPolicy
 from spark_llm_batch.providers.base import BatchState, Provider, ProviderBatch, ResultRow
 
@@ -173,7 +179,7 @@ def _source(
     met = (
         group.repartitionByRange(len(keys), "batch_key")  # a partition per batch, about
         .groupBy("batch_key")
-        .applyInArrow(_iterator_form(_Meet(fills, lines.reader)), _met_ddl())
+        .applyInArrow(_iterator_form(_Meet(fills, lines.reader)), ddl(_MET_COLUMNS))
     )
     final = (F.col("status") == "succeeded") | ~retry_condition(
         F.col("error_class"), F.col("attempt"), retry
@@ -186,12 +192,11 @@ def _source(
     )
 
 
-_MET_COLUMNS = (("hash", "STRING"), *RESULT_FIELDS, ("batch_id", "STRING"), ("attempt", "INT"))
-"""What a collection task gives per member: the results table's columns up to ``attempt``."""
+_MET_COLUMNS = RESULT_COLUMNS[: [name for name, _ in RESULT_COLUMNS].index("final")]
+"""What a collection task gives per member: the results table's columns before ``final``."""
 
-
-def _met_ddl() -> str:
-    return ", ".join(f"`{name}` {kind}" for name, kind in _MET_COLUMNS)
+_MODEL_AT = 1 + _LINE.index("model")
+"""Where a :data:`ResultRow` (custom id first) holds the model."""
 
 
 def _iterator_form(
@@ -300,16 +305,22 @@ class _Meeting:
         for row in self.failures.values():
             self._emit(row)
         fill = self.fill
+        filled = {"status": "failed", "error_class": fill.error_class,
+                  "error_message": fill.message, "model": fill.model,
+                  "batch_id": fill.batch_id, "attempt": fill.attempt}  # fmt: skip
+        names = [name for name, _ in _MET_COLUMNS]
         for hash_ in self.members.difference(self.answered, self.failures):
-            self.out.append(
-                (hash_, "failed", None, None, fill.error_class, fill.message, None, None,
-                 fill.model, fill.batch_id, fill.attempt)
-            )  # fmt: skip
+            self.out.append(tuple(hash_ if n == "hash" else filled.get(n) for n in names))
         self.failures = {}
 
     def _emit(self, row: ResultRow) -> None:
+        """A line as a row of :data:`_MET_COLUMNS`: its fields (the batch's model when it names
+        none), then the batch's id and attempt."""
         fill = self.fill
-        self.out.append((*row[:8], row[8] or fill.model, fill.batch_id, fill.attempt))
+        model = row[_MODEL_AT] or fill.model
+        self.out.append(
+            (*row[:_MODEL_AT], model, *row[_MODEL_AT + 1 :], fill.batch_id, fill.attempt)
+        )
 
     def flush(self, limit: int | None = None) -> pa.RecordBatch:
         """The rows out so far (at most ``limit``) as an Arrow batch of :data:`_MET_COLUMNS`."""
