@@ -157,7 +157,8 @@ class Orchestrator(EndedPhase):
                 break
             self._sleep(max(0.0, min(self._next_wake(now), next_report) - now))
         self._flush()  # what is held (in-progress states seen last): the store as seen
-        self.store.sweep_chunks()  # the lines of what this run collected (and of crashed runs)
+        # The lines of what this run collected or abandoned (and of crashed runs).
+        self.store.sweep_chunks([r.key for r in self._records.values() if r.state.is_terminal])
         self.summary.progress = summarize(self._records.values())
         log.info("run finished: %s", self.summary.progress)
         return self.summary

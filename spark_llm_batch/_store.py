@@ -306,28 +306,33 @@ class Store:
         """Members (``hash``, ``batch_key``, ``attempt``) of the given batches."""
         return self.chunk_lines(keys).select("hash", "batch_key", "attempt")
 
-    def sweep_chunks(self, *, older_than: float = ORPHAN_AGE_SECONDS) -> int:
+    def sweep_chunks(
+        self, done: Sequence[str] = (), *, older_than: float = ORPHAN_AGE_SECONDS
+    ) -> int:
         """Delete the ``chunks`` rows no batch still needs; return how many keys were dropped.
 
         A batch's lines are needed until it is collected (uploads, retries read them). Dropped:
-        the rows of collected and abandoned batches, and rows no batch names that were staged
-        more than ``older_than`` seconds ago (a crash between packing's write and the batch
-        commit; younger ones may belong to a run staging right now). Each dropped key is a whole
-        partition, so the DELETE rewrites no file. Best effort: a failure only logs.
+        the rows of ``done`` (keys the caller knows are collected or abandoned: dropped without
+        reading them), of the other collected and abandoned batches, and rows no batch names that
+        were staged more than ``older_than`` seconds ago (a crash between packing's write and the
+        batch commit; younger ones may belong to a run staging right now). Only the partitions
+        outside ``done`` are read, to find those. Each dropped key is a whole partition, so the
+        one DELETE rewrites no file. Best effort: a failure only logs.
         """
         from pyspark.sql import functions as F
 
         try:
-            present = (
-                self.table("chunks").groupBy("batch_key").agg(F.min("staged_at").alias("staged_at"))
-            )
+            others = self.table("chunks")
+            if done:
+                others = others.where(~F.col("batch_key").isin(list(done)))  # partitions pruned
+            present = others.groupBy("batch_key").agg(F.min("staged_at").alias("staged_at"))
             states = self.current_batches_df().select(F.col("key").alias("batch_key"), "state")
             cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than)
-            done = present.join(states, "batch_key", "left").where(
+            found = present.join(states, "batch_key", "left").where(
                 F.col("state").isin(_TERMINAL)
                 | (F.col("state").isNull() & (F.col("staged_at") < F.lit(cutoff)))
             )
-            keys = [row[0] for row in done.select("batch_key").collect()]
+            keys = [*done, *(row[0] for row in found.select("batch_key").collect())]
             if keys:
                 self._delete("chunks", f"batch_key IN ({_sql_strings(keys)})")
                 # Leases of finished batches (and old staging ones) expired long ago.

@@ -142,6 +142,21 @@ def test_sweep_drops_the_lines_of_ended_batches_and_of_day_old_orphans(
     assert store.sweep_chunks(older_than=0) == 0
 
 
+def test_sweep_drops_the_keys_it_is_told_are_done_and_still_finds_the_others(
+    spark: SparkSession, store: Store
+) -> None:
+    staged = stage_rows(spark, prompts(3), per_chunk=1, sink=store)
+    live, collected, abandoned = (c.key for c in staged.chunks)
+    records = store.record_staged(Staged(staged.chunks), provider="fake", endpoint=ENDPOINT)
+    by_key = {r.key: r for r in records}
+    store.append_batches(
+        [by_key[collected].to(Phase.COLLECTED), by_key[abandoned].to(Phase.ABANDONED, error="x")]
+    )
+    # ``collected`` is named (dropped unread); ``abandoned`` is found in the partitions read.
+    assert store.sweep_chunks([collected]) == 2
+    assert _chunk_keys(store) == {live}
+
+
 def test_two_rows_sharing_the_highest_seq_fail_closed(store: Store) -> None:
     a = _record("a")
     store.append_batches([a, a.to(Phase.UPLOADED), a.to(Phase.CREATING)])  # both seq 1
