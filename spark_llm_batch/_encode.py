@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,7 @@ def _doc_digest(provider: Provider, config: BatchConfig) -> str:
     document = {
         "v": HASH_VERSION,
         "provider": provider.name,
-        "endpoint": config.endpoint,
+        "endpoint": provider.endpoint(config),
         "model": config.model_name,
         "body": provider.request_body(config, marker),
     }
@@ -129,7 +130,8 @@ class RequestEncoder:
 
         Raises:
             ConfigError: ``config`` is not valid for the provider (from ``request_body``).
-            SparkLLMBatchError: the provider's line cannot be built by splicing the prompt.
+            SparkLLMBatchError: the provider's line cannot be built by splicing the prompt, or its
+                id rule (``custom_id_pattern``) refuses our request hashes.
         """
         prompt_mark = f"LLMPROMPT{uuid.uuid4().hex}"  # alphanumeric: identical under any escaping
         id_mark = f"LLMID{uuid.uuid4().hex}"
@@ -137,6 +139,11 @@ class RequestEncoder:
         pieces = _cut(provider.request_line(id_mark, body, config), id_mark, prompt_mark)
         digest = _doc_digest(provider, config)
         null_hash = hashlib.sha256(f"{digest}:null-prompt".encode()).hexdigest()[:32]
+        if not re.fullmatch(provider.custom_id_pattern, null_hash):  # every hash has this shape
+            raise SparkLLMBatchError(
+                f"provider {provider.name!r}: its custom ids must match "
+                f"{provider.custom_id_pattern!r}, and our request hashes (32 hex digits) do not"
+            )
         _, max_bytes = provider.batch_limits(config)
         encoder = cls(pieces, digest, null_hash, max_bytes)
         encoder._verify(spark, provider, config)

@@ -1,30 +1,28 @@
-"""Failure classes and the classification of provider result lines into :class:`ResultRecord`.
+"""Failure classes, and the helpers every provider's result parser shares.
 
-Everything here is pure (no I/O, no SDK): a provider streams the raw lines of a finished batch and
-hands each one to its parser. One parser per provider wire format sits beside the others
-(``parse_openai_line`` now; ``parse_anthropic_line`` next), all producing the same normalised
-:class:`~spark_llm_batch.providers.base.ResultRecord` with a class from :data:`FAILURE_CLASSES`.
+Everything here is pure (no I/O, no SDK). A provider streams the raw lines of a finished batch and
+hands each one to its own parser, which sits beside the provider
+(``spark_llm_batch.providers._openai_results``, ``spark_llm_batch.providers._anthropic_results``,
+each listing its provider's evidence for every class). Parsers decode lines with
+:func:`decode_line` and build rows with :func:`answer_row` and :func:`failed_row`, so every
+provider's answers are classified alike, into a
+:data:`~spark_llm_batch.providers.base.ResultRow` with a class from :data:`FAILURE_CLASSES`:
 
-The failure table as implemented for OpenAI (see ``/work/shared/provider-apis.md``):
+===============  ===============================================================  ==============
+class            what happened                                                     retryable
+===============  ===============================================================  ==============
+invalid_request  the provider rejected the request as it is                        no
+auth             the key, its permissions or the account's billing were refused    no (fatal)
+rate_limited     a rate limit, or the provider was overloaded                      yes
+server_error     a provider-side failure or timeout, or an error word we do not    yes
+                 know
+expired          the batch expired before the request ran                          yes
+cancelled        the batch was cancelled before the request ran                    caller decides
+refused          an answer that refuses (content filter, refusal)                  per policy
+truncated        an answer cut at the token limit before any text was produced     no
+===============  ===============================================================  ==============
 
-=====================  ==============================================================  =========
-class                  OpenAI evidence                                                  retryable
-=====================  ==============================================================  =========
-invalid_request        error line, HTTP 400/404/413/422 (other 4xx), or                 no
-                       ``invalid_request_error``
-auth                   HTTP 401/403, ``authentication_error``/``permission_error``,     no (fatal)
-                       ``insufficient_quota`` (a 429 that is really billing)
-rate_limited           HTTP 429, ``rate_limit_exceeded``                                yes
-server_error           HTTP 408/409/5xx, ``request_timeout``, ``server_error``,         yes
-                       unknown non-HTTP error codes
-expired                ``batch_expired``                                                yes
-cancelled              ``batch_cancelled``                                              caller decides
-refused                200 with ``finish_reason`` ``content_filter`` or a               per policy
-                       ``message.refusal`` (status ``failed``, message = refusal text)
-truncated              200, ``finish_reason`` ``length`` and no text at all             no
-=====================  ==============================================================  =========
-
-A 200 answer cut at ``max_tokens`` that has text is ``succeeded`` with ``finish_reason`` ``length``:
+An answer cut at the token limit that has text is ``succeeded`` with ``finish_reason`` ``length``:
 it is an answer and is recorded as one. ``invalid_input``, ``too_large`` (encoding), ``missing``
 (collection) and ``batch_failed`` (a batch failed as a whole) are assigned by other stages.
 """
@@ -35,17 +33,19 @@ import json
 from typing import Any
 
 from spark_llm_batch.errors import redact
-from spark_llm_batch.providers.base import ResultRecord, ResultRow
+from spark_llm_batch.providers.base import ResultRow
 
 __all__ = [
     "FAILURE_CLASSES",
     "FATAL",
     "RETRYABLE",
+    "answer_row",
     "classify_http_error",
-    "openai_record",
-    "openai_row",
-    "parse_openai_line",
-    "parse_openai_row",
+    "clip_message",
+    "decode_line",
+    "failed_row",
+    "json_object",
+    "str_or_none",
 ]
 
 FAILURE_CLASSES: frozenset[str] = frozenset(
@@ -80,8 +80,10 @@ FATAL: frozenset[str] = frozenset({"auth"})
 
 # Long provider messages (a 400 quoting the whole request) would bloat every results row.
 _MAX_MESSAGE = 2000
+_TRUNCATED = "the answer hit the token limit before any text was produced: raise max_tokens"
 
-# Error ``type``/``code`` words, for lines whose HTTP status is missing or uninformative.
+# Error ``type``/``code`` words of every provider, for lines whose HTTP status is missing or
+# uninformative.
 _WORD_CLASSES = {
     "invalid_request_error": "invalid_request",
     "authentication_error": "auth",
@@ -95,6 +97,11 @@ _WORD_CLASSES = {
     "request_timeout": "server_error",
     "batch_expired": "expired",
     "batch_cancelled": "cancelled",
+    # Anthropic's overload, timeout, unknown-resource and size errors.
+    "overloaded_error": "rate_limited",
+    "timeout_error": "server_error",
+    "not_found_error": "invalid_request",
+    "request_too_large": "invalid_request",
 }
 
 
@@ -128,41 +135,21 @@ def classify_http_error(
     for word in words:
         if word in _WORD_CLASSES:
             return _WORD_CLASSES[word]
-    # An unknown non-HTTP failure: retrying is bounded by the policy, and only successes are billed.
+    # An unknown non-HTTP failure: the policy bounds its retries; a failed request is not billed.
     return "server_error"
 
 
-def parse_openai_line(line: str | bytes) -> ResultRecord:
-    """Parse one line of an OpenAI batch output or error file.
+def decode_line(line: str | bytes) -> dict[str, Any]:
+    """One result line as a JSON object that carries a string ``custom_id``.
 
     Raises:
-        ValueError: the line is not a JSON object with a ``custom_id``.
+        ValueError: the line is not JSON (or not UTF-8), not an object, or has no ``custom_id``.
 
     Example:
-        >>> rec = parse_openai_line(
-        ...     '{"id":"r1","custom_id":"c1","response":null,'
-        ...     '"error":{"code":"batch_expired","message":"expired"}}'
-        ... )
-        >>> (rec.status, rec.error_class)
-        ('failed', 'expired')
+        >>> decode_line(b'{"custom_id":"c1","result":{}}')
+        {'custom_id': 'c1', 'result': {}}
     """
-    return ResultRecord(*parse_openai_row(line))
-
-
-def parse_openai_row(line: str | bytes) -> ResultRow:
-    """:func:`parse_openai_line` as a plain tuple of :class:`ResultRecord`'s fields, in order.
-
-    What collection uses: a tuple costs a fraction of a frozen dataclass, which matters at a
-    million lines per collection.
-
-    Raises:
-        ValueError: the line is not a JSON object with a ``custom_id``.
-
-    Example:
-        >>> parse_openai_row('{"custom_id":"c1","response":null,"error":{"code":"batch_expired"}}')
-        ('c1', 'failed', None, None, 'expired', 'batch_expired', None, None, None)
-    """
-    obj = _object(line)
+    obj = json_object(line)
     if obj is None:
         try:
             obj = json.loads(line)
@@ -170,18 +157,22 @@ def parse_openai_row(line: str | bytes) -> ResultRow:
             raise ValueError(f"result line is not JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
         raise ValueError("result line has no custom_id")
-    return openai_row(obj)
+    return obj
 
 
 _DECODER = json.JSONDecoder()
 
 
-def _object(line: str | bytes) -> Any:
+def json_object(line: str | bytes) -> Any:
     """``json.loads(line)`` for the usual line (UTF-8 bytes of an object, no BOM, no padding), else
     ``None``: the caller then runs ``json.loads``, which raises what it always raised.
 
     It skips what ``json.loads`` spends on bytes before the C scanner runs (encoding detection,
     two regex matches for surrounding blanks): a quarter of the decoding time of a result line.
+
+    Example:
+        >>> json_object(b'{"a":1}'), json_object(b' {"a":1}'), json_object('{"a":1}')
+        ({'a': 1}, None, None)
     """
     # json.loads decodes bytes starting with "{" and a non-zero byte as UTF-8 (detect_encoding).
     if not isinstance(line, bytes) or line[:1] != b"{" or line[1:2] == b"\x00":
@@ -194,125 +185,68 @@ def _object(line: str | bytes) -> Any:
     return obj if end == len(text) else None
 
 
-def openai_record(obj: dict[str, Any]) -> ResultRecord:
-    """Classify one decoded OpenAI result line (see the module's table)."""
-    return ResultRecord(*openai_row(obj))
+def answer_row(
+    custom_id: str,
+    text: str | None,
+    finish_reason: str | None,
+    *,
+    tokens: tuple[int | None, int | None],
+    model: str | None,
+    refusal: str | None = None,
+) -> ResultRow:
+    """The row of an answer the provider produced (and billed).
 
+    ``refused`` when the parser found a ``refusal`` (the message to record; the text is kept too),
+    else ``truncated`` when it was cut at the token limit (``finish_reason`` ``length``) before any
+    text, else ``succeeded``. ``tokens`` is the usage, input then output.
 
-def openai_row(obj: dict[str, Any]) -> ResultRow:
-    """:func:`openai_record` as a plain tuple (see :func:`parse_openai_row`)."""
-    custom_id = obj["custom_id"]
-    response = obj.get("response")
-    if isinstance(response, dict) and response.get("status_code") == 200:
-        raw_body = response.get("body")
-        return _answer(custom_id, raw_body if isinstance(raw_body, dict) else {})
-    raw_error = obj.get("error")
-    error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
-    if not isinstance(response, dict):
-        # Non-HTTP failures (expired, cancelled, timeout) carry no response at all.
-        code = _str(error.get("code"))
-        return _failed(
-            custom_id, classify_http_error(None, code=code), error.get("message") or code
-        )
-    status = response.get("status_code")
-    raw_body = response.get("body")
-    body: dict[str, Any] = raw_body if isinstance(raw_body, dict) else {}
-    body_error = body.get("error")
-    err: dict[str, Any] = body_error if isinstance(body_error, dict) else error
-    error_class = classify_http_error(
-        status if isinstance(status, int) else None,
-        _str(err.get("type")),
-        _str(err.get("code")),
-    )
-    message = err.get("message") or f"HTTP {status}"
-    return _failed(custom_id, error_class, message, model=_str(body.get("model")))
-
-
-def _answer(custom_id: str, body: dict[str, Any]) -> ResultRow:
-    """A 200 response: an answer, a refusal, or an empty truncation."""
-    text, refusal, finish_reason = _extract(body)
-    input_tokens, output_tokens = _usage(body.get("usage"))
-    model = body.get("model")
-    model = model if isinstance(model, str) else None
-    if refusal is not None or finish_reason == "content_filter":
-        message = _message(refusal or "the provider's content filter stopped the answer")
-        return (custom_id, "failed", text, finish_reason or "content_filter", "refused", message,
-                input_tokens, output_tokens, model)  # fmt: skip
+    Example:
+        >>> answer_row("c1", None, "length", tokens=(3, 9), model="m")[:5]
+        ('c1', 'failed', None, 'length', 'truncated')
+        >>> answer_row("c1", "Hi", "length", tokens=(3, 9), model="m")[:5]
+        ('c1', 'succeeded', 'Hi', 'length', None)
+    """
+    inp, out = tokens
+    if refusal is not None:
+        return (custom_id, "failed", text, finish_reason, "refused", clip_message(refusal),
+                inp, out, model)  # fmt: skip
     if finish_reason == "length" and not text:
-        message = "the answer hit the token limit before any text was produced: raise max_tokens"
-        return (custom_id, "failed", text, finish_reason, "truncated", message,
-                input_tokens, output_tokens, model)  # fmt: skip
-    return (custom_id, "succeeded", text, finish_reason, None, None,
-            input_tokens, output_tokens, model)  # fmt: skip
+        return (custom_id, "failed", text, finish_reason, "truncated", _TRUNCATED, inp, out, model)
+    return (custom_id, "succeeded", text, finish_reason, None, None, inp, out, model)
 
 
-def _extract(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
-    """``(text, refusal, finish_reason)`` of a chat, completions or responses body."""
-    choices = body.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        choice = choices[0]
-        finish = choice.get("finish_reason")
-        finish = finish if isinstance(finish, str) else None
-        message = choice.get("message")
-        if isinstance(message, dict):  # /v1/chat/completions
-            content, refusal = message.get("content"), message.get("refusal")
-            return (
-                content if isinstance(content, str) else None,
-                refusal if isinstance(refusal, str) and refusal else None,
-                finish,
-            )
-        return _str(choice.get("text")), None, finish  # /v1/completions
-    output = body.get("output")
-    if isinstance(output, list):  # /v1/responses
-        return _responses_text(body, output)
-    if "data" in body:  # /v1/embeddings and others: keep the whole answer as JSON text
-        return json.dumps(body.get("data"), separators=(",", ":")), None, None
-    return None, None, None
-
-
-def _responses_text(
-    body: dict[str, Any], output: list[Any]
-) -> tuple[str | None, str | None, str | None]:
-    texts: list[str] = []
-    refusals: list[str] = []
-    for item in output:
-        for part in (item or {}).get("content") or []:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "output_text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif part.get("type") == "refusal" and isinstance(part.get("refusal"), str):
-                refusals.append(part["refusal"])
-    details = body.get("incomplete_details") or {}
-    reason = _str(details.get("reason")) if isinstance(details, dict) else None
-    finish = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(
-        reason or "", reason
-    )
-    if finish is None and body.get("status") == "completed":
-        finish = "stop"
-    return ("".join(texts) or None), ("\n".join(refusals) or None), finish
-
-
-def _usage(usage: Any) -> tuple[int | None, int | None]:
-    """Input and output tokens from chat (prompt/completion) or responses (input/output) usage."""
-    if not isinstance(usage, dict):
-        return None, None
-    inp = usage.get("prompt_tokens", usage.get("input_tokens"))
-    out = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (inp if isinstance(inp, int) else None), (out if isinstance(out, int) else None)
-
-
-def _failed(
+def failed_row(
     custom_id: str, error_class: str, message: Any, *, model: str | None = None
 ) -> ResultRow:
-    return (custom_id, "failed", None, None, error_class, _message(message), None, None, model)
+    """The row of a request that got no answer: ``error_class`` and the clipped ``message``.
+
+    Example:
+        >>> failed_row("c1", "expired", "the batch expired")
+        ('c1', 'failed', None, None, 'expired', 'the batch expired', None, None, None)
+    """
+    return (custom_id, "failed", None, None, error_class, clip_message(message), None, None, model)
 
 
-def _message(message: Any) -> str:
+def clip_message(message: Any) -> str:
+    """A provider's failure message as a results row stores it: a non-string as JSON text, with
+    credentials redacted, at most 2000 characters (a 400 may quote the whole request).
+
+    Example:
+        >>> clip_message({"type": "api_error"})
+        '{"type": "api_error"}'
+        >>> len(clip_message("x" * 5000))
+        2000
+    """
     text = message if isinstance(message, str) else json.dumps(message, default=str)
     # Redact before cutting, so a key split at the cut cannot slip past the patterns.
     return redact(text)[:_MAX_MESSAGE]
 
 
-def _str(value: Any) -> str | None:
+def str_or_none(value: Any) -> str | None:
+    """``value`` if it is a string, else ``None`` (JSON fields whose type is not guaranteed).
+
+    Example:
+        >>> str_or_none("stop"), str_or_none(3)
+        ('stop', None)
+    """
     return value if isinstance(value, str) else None

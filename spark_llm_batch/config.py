@@ -21,9 +21,11 @@ from spark_llm_batch.errors import ConfigError
 
 __all__ = [
     "KNOWN_PROVIDERS",
+    "AnthropicOptions",
     "BatchConfig",
     "BatchLimits",
     "JobConfig",
+    "OpenAIOptions",
     "PollPolicy",
     "ProviderSettings",
     "RetryPolicy",
@@ -122,6 +124,30 @@ class ProviderSettings(_Strict):
         return self.model_copy(update={"api_key": api_key, "base_url": base_url})
 
 
+class OpenAIOptions(_Strict):
+    """Options of OpenAI's Batch API only (``openai={...}``)."""
+
+    endpoint: Literal[
+        "/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings"
+    ] = Field(default="/v1/chat/completions", description="The endpoint every request calls.")
+    completion_window: Literal["24h"] = Field(
+        default="24h", description="The batch completion window (OpenAI accepts '24h' only)."
+    )
+
+
+class AnthropicOptions(_Strict):
+    """Options of Anthropic's Message Batches API only (``anthropic={...}``)."""
+
+    max_tokens: int = Field(
+        default=1024,
+        gt=0,
+        description=(
+            "max_tokens of every request when params set neither max_tokens nor "
+            "max_completion_tokens (Anthropic requires one)."
+        ),
+    )
+
+
 class BatchLimits(_Strict):
     """Size limits of one provider batch. ``None`` means the provider's own limit."""
 
@@ -163,6 +189,10 @@ class PollPolicy(_Strict):
     )
 
 
+_OPTION_FIELDS = ("openai", "anthropic")
+"""BatchConfig fields holding one provider's own options (named after the provider)."""
+
+
 class BatchConfig(_Strict):
     """Everything one ``llm_batch`` call needs besides the DataFrame and its prompt column."""
 
@@ -190,7 +220,6 @@ class BatchConfig(_Strict):
         description="Output Delta table name or path; default: a path under the store.",
     )
     result_col: str = Field(default="llm", description="Name of the result struct column.")
-    endpoint: str = Field(default="/v1/chat/completions", description="Provider endpoint (OpenAI).")
     limits: BatchLimits = Field(default_factory=BatchLimits, description="Batch size limits.")
     max_in_flight: int = Field(default=20, ge=1, description="Provider batches in flight at once.")
     transport: Literal["auto", "executors", "driver"] = Field(
@@ -217,7 +246,12 @@ class BatchConfig(_Strict):
             "or a list of classes (e.g. ['expired', 'rate_limited'])."
         ),
     )
-    completion_window: str = Field(default="24h", description="Provider completion window.")
+    openai: OpenAIOptions = Field(
+        default_factory=OpenAIOptions, description="OpenAI-only options (endpoint, window)."
+    )
+    anthropic: AnthropicOptions = Field(
+        default_factory=AnthropicOptions, description="Anthropic-only options (max_tokens)."
+    )
     retry: RetryPolicy = Field(
         default_factory=RetryPolicy, description="Retry attempts per failure class."
     )
@@ -264,6 +298,12 @@ class BatchConfig(_Strict):
         except ConfigError as exc:
             raise ValueError(exc.message) from None
         object.__setattr__(self, "provider", provider)
+        foreign = sorted((set(_OPTION_FIELDS) - {provider}) & self.model_fields_set)
+        if foreign:
+            raise ValueError(
+                f"{', '.join(foreign)} options were given but model {self.model!r} is served by "
+                f"{provider}: pass {provider}={{...}} options, or another model"
+            )
         return self
 
     @property

@@ -61,7 +61,12 @@ class ScriptedProvider(Provider):
     def create(self, chunk: ChunkRef, input_ref: str | None, config: BatchConfig) -> ProviderBatch:
         raise NotImplementedError
 
-    def find(self, chunk: ChunkRef, not_before: float) -> ProviderBatch | None:
+    def endpoint(self, config: Any) -> str:
+        return "/v1/chat/completions"
+
+    def find(
+        self, chunk: ChunkRef, not_before: float, owned: frozenset[str] = frozenset()
+    ) -> ProviderBatch | None:
         raise NotImplementedError
 
     def retrieve(self, batch_id: str) -> ProviderBatch:

@@ -43,7 +43,10 @@ class _Unused(Provider):
     def create(self, chunk: Any, input_ref: Any, config: Any) -> Any:
         raise NotImplementedError
 
-    def find(self, chunk: Any, not_before: float) -> Any:
+    def endpoint(self, config: Any) -> str:
+        return "/v1/chat/completions"
+
+    def find(self, chunk: Any, not_before: float, owned: Any = frozenset()) -> Any:
         raise NotImplementedError
 
     def retrieve(self, batch_id: str) -> Any:
@@ -122,6 +125,19 @@ def test_a_provider_that_transforms_the_prompt_is_refused(spark: SparkSession) -
         RequestEncoder.build(spark, UnsplicableProvider(ProviderSettings()), _config())
 
 
+@dataclass
+class ShortIdProvider(AsciiTemplateProvider):
+    """Custom ids of at most 16 characters: our 32-digit request hashes cannot be its ids."""
+
+    name: ClassVar[str] = "short-id-test"
+    custom_id_pattern: ClassVar[str] = r"^[a-z0-9]{1,16}$"
+
+
+def test_a_provider_whose_id_rule_refuses_our_hashes_is_refused(spark: SparkSession) -> None:
+    with pytest.raises(SparkLLMBatchError, match=r"short-id-test.*custom ids must match"):
+        RequestEncoder.build(spark, ShortIdProvider(ProviderSettings()), _config())
+
+
 def test_encoder_shipped_to_executors_carries_no_key(spark: SparkSession) -> None:
     secret = "sk-secret-abcdef123456"
     config = _config(provider_settings=ProviderSettings(api_key=secret))
@@ -140,7 +156,7 @@ def test_hash_covers_every_part_of_the_request() -> None:
         _config(system="t", params={"temperature": 0}),
         _config(system="s", params={"temperature": 1}),
         _config(system="s", params={"temperature": 0}, response_format={"type": "json_object"}),
-        _config(system="s", params={"temperature": 0}, endpoint="/v1/responses"),
+        _config(system="s", params={"temperature": 0}, openai={"endpoint": "/v1/responses"}),
     ]
     hashes = [request_hash(provider, cfg, "same prompt") for cfg in variants]
     assert len(set(hashes)) == len(hashes)

@@ -5,11 +5,13 @@ import any provider SDK; a provider's module is imported when it is first asked 
 
 Example:
     >>> from spark_llm_batch.config import BatchConfig, ProviderSettings
-    >>> cfg = BatchConfig(
-    ...     model="openai:gpt-4o-mini", store="/tmp/s", provider_settings=ProviderSettings(api_key="sk-x1234567")
-    ... )
-    >>> get_provider(cfg).name
-    'openai'
+    >>> sorted(REGISTRY)
+    ['anthropic', 'openai']
+    >>> settings = ProviderSettings(api_key="sk-x1234567")
+    >>> def provider_for(model):
+    ...     return get_provider(BatchConfig(model=model, store="/tmp/s", provider_settings=settings))
+    >>> provider_for("openai:gpt-4o-mini").name, provider_for("claude-haiku-4-5").name
+    ('openai', 'anthropic')
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
 ]
 
 REGISTRY: dict[str, str] = {
+    "anthropic": "spark_llm_batch.providers.anthropic:AnthropicProvider",
     "openai": "spark_llm_batch.providers.openai:OpenAIProvider",
 }
 """Provider name -> ``"module:Class"`` of its :class:`Provider` implementation."""
@@ -52,6 +55,8 @@ def provider_class(name: str) -> type[Provider]:
     Example:
         >>> provider_class("openai").default_max_requests
         50000
+        >>> provider_class("anthropic").default_max_requests
+        100000
     """
     target = REGISTRY.get(name)
     if target is None:

@@ -13,33 +13,53 @@ below. A provider has two halves:
 The data plane never opens a file: the lines to upload arrive as a stream, and results go back as
 values; where they are stored is Spark's business.
 
-OpenAI uploads a chunk as a file, then creates a batch from the file id, and tags the batch with our key
-in ``metadata`` (so ``find`` can reconcile a crash between create and commit). Anthropic has no upload
-(the requests travel inline in the create call; ``upload`` returns ``None``) and no metadata, so its
-``find`` matches on request count and creation time.
+What differs between batch APIs is declared, so the orchestrator never asks a provider's name:
+how requests travel (:attr:`Provider.requests_inline`), whether a batch carries our key
+(:attr:`Provider.tags_batches`), the billing rule (:attr:`Provider.billed_classes`), the id rule
+(:attr:`Provider.custom_id_pattern`) and the limits. How results come back (output and error
+files, one stream) stays inside ``iter_results``. OpenAI uploads a chunk as a file, creates a batch
+from the file id and tags it with our key in ``metadata``; Anthropic sends the requests inline in
+the create call and has no metadata, so its ``find`` matches on request count and creation time.
 
-Provider objects are pickled to executors: they hold settings only, and build SDK clients lazily.
+Provider objects are pickled to executors: they hold settings only, build SDK clients lazily, and
+never carry the API key in plain text (see :meth:`Provider.__getstate__`). The data plane's shared
+steps are here too: :func:`split_lines` cuts a download into lines, :func:`parse_result_lines`
+turns them into rows with the provider's parser; the failure classes and the helpers parsers
+share are in ``spark_llm_batch._results``.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, BinaryIO, ClassVar, TypeAlias
 
+from pydantic import SecretStr
+
 from spark_llm_batch.config import BatchConfig, ProviderSettings
 
 __all__ = [
+    "AmbiguousBatch",
     "BatchState",
     "ChunkRef",
     "Provider",
     "ProviderBatch",
     "ResultRecord",
     "ResultRow",
+    "parse_result_lines",
+    "split_lines",
 ]
+
+log = logging.getLogger(__name__)
+
+# Keys pickled to executors are obscured (not encrypted) so that dumps and secret scanners never
+# see them in plain text; anyone holding the pickle can still recover the key, as they must.
+_PAD = b"spark-llm-batch/obscure"
 
 
 class BatchState(str, enum.Enum):
@@ -63,6 +83,11 @@ class BatchState(str, enum.Enum):
             BatchState.EXPIRED,
             BatchState.CANCELLED,
         )
+
+
+class AmbiguousBatch(Exception):
+    """:meth:`Provider.find` saw more than one batch that could be the chunk's, and cannot tell
+    which: creating again could pay twice, adopting the wrong one would drop its results."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +138,27 @@ class ProviderBatch:
     created_at: float | None = None
     raw_status: str = ""
 
+    def to_json(self) -> str:
+        """This batch as JSON (how a Spark task hands a batch it created back to the driver)."""
+        import json
+
+        return json.dumps({**self.__dict__, "state": self.state.value})
+
+    @classmethod
+    def from_json(cls, text: str) -> ProviderBatch:
+        """The batch :meth:`to_json` wrote."""
+        import json
+
+        data = json.loads(text)
+        return cls(
+            **{
+                **data,
+                "state": BatchState(data["state"]),
+                "result_refs": tuple(data["result_refs"]),
+                "errors": tuple(tuple(e) for e in data["errors"]),
+            }
+        )
+
 
 @dataclass(frozen=True)
 class ResultRecord:
@@ -158,18 +204,66 @@ class Provider(ABC):
     default_max_bytes: ClassVar[int]
     default_base_url: ClassVar[str]
     """The provider's API base URL when ``settings.base_url`` is unset."""
+    requests_inline: ClassVar[bool] = False
+    """How requests travel. ``False``: a chunk's lines are uploaded as a file (:meth:`upload`),
+    then a batch is created from its reference (:meth:`create`). ``True``: the lines travel in the
+    create call itself (:meth:`create_inline`), and there is no upload."""
+    tags_batches: ClassVar[bool] = True
+    """Whether a batch carries our key (metadata). ``False``: :meth:`find` can only match on request
+    count and creation time, so the orchestrator commits after every create to keep that window
+    short, and never adopts a batch the store already records."""
+    billed_classes: ClassVar[frozenset[str]] = frozenset({"succeeded", "refused", "truncated"})
+    """The billing rule: the result classes whose usage the provider bills, where a row's class is
+    ``"succeeded"`` for a succeeded row, else its ``error_class`` (see :meth:`is_billed`).
+
+    The default is every answer the provider produced: refusals and answers cut at the token limit
+    with no text are recorded as failures, but the provider answered them and bills them. OpenAI
+    (each 200 line of the output file) and Anthropic (each ``succeeded`` result, whatever its
+    ``stop_reason``) both bill so, also inside expired and cancelled batches; requests that errored,
+    expired or were cancelled before they ran are not billed."""
+    custom_id_pattern: ClassVar[str] = r"^[A-Za-z0-9_-]{1,64}$"
+    """What a request's ``custom_id`` (our request hash) must match."""
     _client: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        # SDK clients hold sockets and locks: rebuild them on the other side.
+        """What a pickle holds: no SDK client, and the API key obscured, never in plain text.
+
+        SDK clients hold sockets and locks: the other side rebuilds its own. The key leaves the
+        pickled settings and travels obscured beside them (:meth:`__setstate__` puts it back).
+        """
         state = dict(self.__dict__)
         state["_client"] = None
+        settings = state["settings"]
+        if settings.api_key is not None:
+            state["settings"] = settings.model_copy(update={"api_key": None})
+            state["_obscured_key"] = _obscure(settings.api_key.get_secret_value())
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`__getstate__` kept, the API key back in the settings."""
+        state = dict(state)
+        obscured = state.pop("_obscured_key", None)
+        if obscured is not None:
+            key = SecretStr(_reveal(obscured))
+            state["settings"] = state["settings"].model_copy(update={"api_key": key})
+        self.__dict__.update(state)
 
     @property
     def base_url(self) -> str:
         """Where the provider's API is: ``settings.base_url``, else :attr:`default_base_url`."""
         return self.settings.base_url or self.default_base_url
+
+    @classmethod
+    def is_billed(cls, status: str, error_class: str | None) -> bool:
+        """Whether the provider bills the usage of a result row (:attr:`billed_classes`).
+
+        Example:
+            >>> Provider.is_billed("succeeded", None), Provider.is_billed("failed", "refused")
+            (True, True)
+            >>> Provider.is_billed("failed", "expired")
+            False
+        """
+        return (status if status == "succeeded" else error_class) in cls.billed_classes
 
     def batch_limits(self, config: BatchConfig) -> tuple[int, int]:
         """Requests and encoded bytes allowed per batch: the config's limits, else the provider's."""
@@ -178,6 +272,14 @@ class Provider(ABC):
             limits.max_requests or self.default_max_requests,
             limits.max_bytes or self.default_max_bytes,
         )
+
+    @abstractmethod
+    def endpoint(self, config: BatchConfig) -> str:
+        """The route every request of ``config`` calls (OpenAI: ``config.openai.endpoint``).
+
+        Recorded with each batch (a run drives the batches of one provider, model and endpoint)
+        and part of every request's hash.
+        """
 
     # ---- data plane (executors) -------------------------------------------------------------------
 
@@ -201,26 +303,48 @@ class Provider(ABC):
         """
         return map(_AS_ROW, self.iter_results(batch))
 
-    @abstractmethod
-    def upload(self, chunk: ChunkRef, content: BinaryIO) -> str | None:
-        """Send the chunk's lines; return the provider's input reference (``None``: nothing to upload).
+    def upload(self, chunk: ChunkRef, content: BinaryIO) -> str:
+        """Send the chunk's lines as a file; return the provider's input reference.
 
+        Only for providers whose requests do not travel inline (:attr:`requests_inline` false).
         ``content`` streams the chunk's ``nbytes`` bytes once, forward only (its size can be asked
         with ``seek(0, SEEK_END)``): a failed upload is retried by the orchestrator with a fresh
         stream, never by rewinding this one.
         """
+        raise NotImplementedError(f"{self.name}: requests travel inline, there is no upload")
+
+    def create_inline(
+        self, chunk: ChunkRef, content: BinaryIO, config: BatchConfig
+    ) -> ProviderBatch:
+        """Create the batch for ``chunk`` with its lines in the create call itself.
+
+        Only for providers with :attr:`requests_inline`. ``content`` is the same forward-only
+        stream :meth:`upload` gets; it is sent as it is read, never gathered into one list. One
+        try: a create that failed after the provider accepted it must not be repeated blindly
+        (the orchestrator reconciles with :meth:`find` first).
+        """
+        raise NotImplementedError(f"{self.name}: requests are uploaded, not sent inline")
 
     # ---- control plane (driver) -------------------------------------------------------------------
 
-    @abstractmethod
-    def create(self, chunk: ChunkRef, input_ref: str | None, config: BatchConfig) -> ProviderBatch:
-        """Create the provider batch for ``chunk``, tagged with ``chunk.key`` where the provider can."""
+    def create(self, chunk: ChunkRef, input_ref: str, config: BatchConfig) -> ProviderBatch:
+        """Create the provider batch for an uploaded chunk, tagged with ``chunk.key`` where the
+        provider can. Only for providers whose requests are uploaded."""
+        raise NotImplementedError(f"{self.name}: requests travel inline, use create_inline")
 
     @abstractmethod
-    def find(self, chunk: ChunkRef, not_before: float) -> ProviderBatch | None:
+    def find(
+        self, chunk: ChunkRef, not_before: float, owned: frozenset[str] = frozenset()
+    ) -> ProviderBatch | None:
         """Find a batch created for ``chunk`` at or after ``not_before`` (unix seconds), if any.
 
-        Used after a crash between create and the commit that records it.
+        Used after a crash between create and the commit that records it. A batch whose id is in
+        ``owned`` (recorded in the store for another chunk, or another job) is never returned.
+
+        Raises:
+            AmbiguousBatch: several unowned batches match and none can be told apart (providers
+                that cannot tag batches): the orchestrator neither adopts nor creates, and asks
+                again later.
         """
 
     @abstractmethod
@@ -233,3 +357,69 @@ class Provider(ABC):
 
     def cleanup(self, input_ref: str | None) -> None:  # noqa: B027 - optional hook
         """Delete provider-side input that is no longer needed (best effort)."""
+
+
+def parse_result_lines(
+    batch: ProviderBatch,
+    lines: Callable[[str], Iterable[bytes]],
+    parse: Callable[[bytes], ResultRow],
+) -> Iterator[ResultRow]:
+    """The rows of an ended batch: ``lines(ref)`` streams the lines of each of its
+    ``result_refs``, ``parse`` turns each line into a row.
+
+    A line that does not parse (``parse`` raises ``ValueError``) is logged and skipped: its request
+    surfaces as ``missing`` at collection.
+
+    Example:
+        >>> from spark_llm_batch.providers._anthropic_results import parse_anthropic_row
+        >>> batch = ProviderBatch("b1", BatchState.COMPLETED, result_refs=("b1",))
+        >>> lines = {"b1": [b'{"custom_id":"c1","result":{"type":"expired"}}', b"not json"]}
+        >>> [row[:5] for row in parse_result_lines(batch, lines.__getitem__, parse_anthropic_row)]
+        [('c1', 'failed', None, None, 'expired')]
+    """
+    for ref in batch.result_refs:
+        for raw in lines(ref):
+            try:
+                yield parse(raw)
+            except ValueError as exc:
+                log.warning(
+                    "skipping unreadable result line in %s of batch %s: %s",
+                    ref,
+                    batch.batch_id,
+                    exc,
+                )
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Split a byte stream into non-empty lines on ``\\n`` only (a trailing ``\\r`` is dropped).
+
+    ``str.splitlines`` would also split on U+2028 and friends, which JSON may carry raw.
+
+    Example:
+        >>> list(split_lines([b'{"a":1}\\n{"b"', b':2}\\r\\n\\n']))
+        [b'{"a":1}', b'{"b":2}']
+    """
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer.extend(chunk)
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start:end]).rstrip(b"\r")
+            if line.strip():
+                yield line
+            start = end + 1
+        del buffer[:start]
+    if bytes(buffer).strip():
+        yield bytes(buffer).rstrip(b"\r")
+
+
+def _obscure(key: str) -> str:
+    data = key.encode()
+    pad = (_PAD * (len(data) // len(_PAD) + 1))[: len(data)]
+    return base64.b64encode(bytes(a ^ b for a, b in zip(data, pad, strict=True))).decode()
+
+
+def _reveal(obscured: str) -> str:
+    data = base64.b64decode(obscured)
+    pad = (_PAD * (len(data) // len(_PAD) + 1))[: len(data)]
+    return bytes(a ^ b for a, b in zip(data, pad, strict=True)).decode()

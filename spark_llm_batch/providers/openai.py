@@ -16,21 +16,20 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import starmap
 from typing import Any, BinaryIO, ClassVar, TypeVar
 
-from pydantic import SecretStr
-
-from spark_llm_batch import _results
-from spark_llm_batch._retry import RetrySettings, call_with_retry, parse_retry_after
+from spark_llm_batch._retry import RetrySettings, call_with_retry
 from spark_llm_batch.config import BatchConfig
-from spark_llm_batch.errors import AuthenticationError, ConfigError, ProviderError, redact
+from spark_llm_batch.errors import ConfigError, ProviderError, redact
+from spark_llm_batch.providers._openai_results import parse_openai_row
+from spark_llm_batch.providers._sdk import translated
 from spark_llm_batch.providers.base import (
     BatchState,
     ChunkRef,
@@ -38,6 +37,8 @@ from spark_llm_batch.providers.base import (
     ProviderBatch,
     ResultRecord,
     ResultRow,
+    parse_result_lines,
+    split_lines,
 )
 
 __all__ = ["OpenAIProvider"]
@@ -52,9 +53,6 @@ KEY_FIELD = "llm_batch_key"
 ATTEMPT_FIELD = "llm_batch_attempt"
 # Our clock and the provider's differ: look this much further back when reconciling a create.
 _CLOCK_SLACK = 600.0
-# Keys pickled to executors are obscured (not encrypted) so that dumps and secret scanners never
-# see them in plain text; anyone holding the pickle can still recover the key, as they must.
-_PAD = b"spark-llm-batch/obscure"
 
 
 @dataclass
@@ -72,23 +70,9 @@ class OpenAIProvider(Provider):
     default_base_url: ClassVar[str] = "https://api.openai.com/v1"
     retry: RetrySettings = field(default_factory=RetrySettings)
 
-    # ---- pickling ---------------------------------------------------------------------------------
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        settings = state["settings"]
-        if settings.api_key is not None:
-            state["settings"] = settings.model_copy(update={"api_key": None})
-            state["_obscured_key"] = _obscure(settings.api_key.get_secret_value())
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        obscured = state.pop("_obscured_key", None)
-        if obscured is not None:
-            key = SecretStr(_reveal(obscured))
-            state["settings"] = state["settings"].model_copy(update={"api_key": key})
-        self.__dict__.update(state)
+    def endpoint(self, config: BatchConfig) -> str:
+        """``config.openai.endpoint``: every line's ``url`` and the batch's ``endpoint``."""
+        return config.openai.endpoint
 
     # ---- data plane -------------------------------------------------------------------------------
 
@@ -115,7 +99,12 @@ class OpenAIProvider(Provider):
 
     def request_line(self, custom_id: str, body: dict[str, Any], config: BatchConfig) -> str:
         """``{"custom_id","method","url","body"}`` as compact JSON (the encoder splices into it)."""
-        line = {"custom_id": custom_id, "method": "POST", "url": config.endpoint, "body": body}
+        line = {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": config.openai.endpoint,
+            "body": body,
+        }
         return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
 
     def iter_results(self, batch: ProviderBatch) -> Iterator[ResultRecord]:
@@ -123,34 +112,19 @@ class OpenAIProvider(Provider):
 
         A line that does not parse is logged and skipped: its request surfaces as ``missing``.
         """
-        for row in self.iter_result_rows(batch):
-            yield ResultRecord(*row)
+        return starmap(ResultRecord, self.iter_result_rows(batch))
 
     def iter_result_rows(self, batch: ProviderBatch) -> Iterator[ResultRow]:
         """:meth:`iter_results` as plain tuples (what collection reads; no dataclass per line)."""
-        parse = _results.parse_openai_row
-        for file_id in batch.result_refs:
-            for raw in self._stream_lines(file_id):
-                try:
-                    yield parse(raw)
-                except ValueError as exc:
-                    log.warning(
-                        "skipping unreadable line in %s of %s: %s", file_id, batch.batch_id, exc
-                    )
+        return parse_result_lines(batch, self._stream_lines, parse_openai_row)
 
     def _stream_lines(self, file_id: str) -> Iterator[bytes]:
         client = self._sdk()
         with contextlib.ExitStack() as stack:
             # Only opening the download is retried: once lines were yielded, a retry would repeat them.
-            response = call_with_retry(
-                lambda: self._call(
-                    f"downloading file {file_id}",
-                    lambda: stack.enter_context(
-                        client.files.with_streaming_response.content(file_id)
-                    ),
-                ),
-                settings=self.retry,
-                what=f"downloading file {file_id}",
+            response = self._retrying(
+                f"downloading file {file_id}",
+                lambda: stack.enter_context(client.files.with_streaming_response.content(file_id)),
             )
             with _translated(f"reading file {file_id}"):
                 yield from split_lines(response.iter_bytes())
@@ -192,8 +166,8 @@ class OpenAIProvider(Provider):
         def attempt() -> ProviderBatch:
             created = client.batches.create(
                 input_file_id=input_ref,
-                endpoint=config.endpoint,
-                completion_window=config.completion_window,
+                endpoint=config.openai.endpoint,
+                completion_window=config.openai.completion_window,
                 metadata=metadata,
             )
             return normalise_batch(created)
@@ -209,8 +183,11 @@ class OpenAIProvider(Provider):
         )
         return batch
 
-    def find(self, chunk: ChunkRef, not_before: float) -> ProviderBatch | None:
-        """The newest batch tagged with ``chunk.key`` created at or after ``not_before``.
+    def find(
+        self, chunk: ChunkRef, not_before: float, owned: frozenset[str] = frozenset()
+    ) -> ProviderBatch | None:
+        """The newest batch tagged with ``chunk.key`` created at or after ``not_before``, whose
+        id is not in ``owned``.
 
         ``not_before`` is our clock; OpenAI's ``created_at`` is its own clock, truncated to whole
         seconds, so the search reaches back :data:`_CLOCK_SLACK` further: a batch created in the
@@ -224,7 +201,8 @@ class OpenAIProvider(Provider):
             for batch in client.batches.list(limit=100):
                 if batch.created_at is not None and batch.created_at < cutoff:
                     return None
-                if (batch.metadata or {}).get(KEY_FIELD) == chunk.key:
+                tagged = (batch.metadata or {}).get(KEY_FIELD) == chunk.key
+                if tagged and batch.id not in owned:
                     return normalise_batch(batch)
             return None
 
@@ -332,65 +310,17 @@ def normalise_batch(batch: Any) -> ProviderBatch:
     )
 
 
-def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a byte stream into non-empty lines on ``\\n`` only.
-
-    ``str.splitlines`` would also split on U+2028 and friends, which JSON may carry raw.
-
-    Example:
-        >>> list(split_lines([b'{"a":1}\\n{"b"', b':2}\\r\\n\\n']))
-        [b'{"a":1}', b'{"b":2}']
-    """
-    buffer = bytearray()
-    for chunk in chunks:
-        buffer.extend(chunk)
-        start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
-            line = bytes(buffer[start:end]).rstrip(b"\r")
-            if line.strip():
-                yield line
-            start = end + 1
-        del buffer[:start]
-    if bytes(buffer).strip():
-        yield bytes(buffer).rstrip(b"\r")
+def _translated(what: str) -> contextlib.AbstractContextManager[None]:
+    """SDK errors re-raised as :mod:`spark_llm_batch.errors` while doing ``what``."""
+    return translated("openai", "OpenAI", what, _auth_hint)
 
 
-@contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """Re-raise SDK errors as :mod:`spark_llm_batch.errors` (redacted, picklable, no SDK chain)."""
+def _auth_hint(exc: Any) -> str | None:
+    """What to fix when OpenAI's error answer refused the key or the account, else ``None``."""
     import openai
 
-    try:
-        yield
-    except openai.APIStatusError as exc:
-        raise _status_error(exc, what) from None
-    except openai.APIConnectionError as exc:
-        raise ProviderError(f"OpenAI unreachable while {what}: {exc.message}") from None
-
-
-def _status_error(exc: Any, what: str) -> ProviderError:
-    import openai
-
-    status = int(exc.status_code)
-    body = exc.body
-    message = f"OpenAI answered {status} while {what}: {exc.message}"
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        hint = " Check OPENAI_API_KEY (or provider_settings.api_key) and the key's permissions."
-        return AuthenticationError(message + hint, status=status, body=body)
+        return " Check OPENAI_API_KEY (or provider_settings.api_key) and the key's permissions."
     if exc.code == "insufficient_quota" or exc.type == "insufficient_quota":
-        hint = " The account is out of quota: add credit or raise the limit, then re-run."
-        return AuthenticationError(message + hint, status=status, body=body)
-    retry_after = parse_retry_after(dict(exc.response.headers))
-    return ProviderError(message, status=status, body=body, retry_after=retry_after)
-
-
-def _obscure(key: str) -> str:
-    data = key.encode()
-    pad = (_PAD * (len(data) // len(_PAD) + 1))[: len(data)]
-    return base64.b64encode(bytes(a ^ b for a, b in zip(data, pad, strict=True))).decode()
-
-
-def _reveal(obscured: str) -> str:
-    data = base64.b64decode(obscured)
-    pad = (_PAD * (len(data) // len(_PAD) + 1))[: len(data)]
-    return bytes(a ^ b for a, b in zip(data, pad, strict=True)).decode()
+        return " The account is out of quota: add credit or raise the limit, then re-run."
+    return None

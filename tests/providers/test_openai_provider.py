@@ -25,6 +25,7 @@ from spark_llm_batch.config import BatchConfig, ProviderSettings
 from spark_llm_batch.emulator import Emulator, marker
 from spark_llm_batch.errors import AuthenticationError, ConfigError, ProviderError
 from spark_llm_batch.providers import REGISTRY, get_provider, provider_class
+from spark_llm_batch.providers.anthropic import AnthropicProvider
 from spark_llm_batch.providers.base import BatchState, ChunkRef, ProviderBatch
 from spark_llm_batch.providers.openai import OpenAIProvider, normalise_batch, response_format
 
@@ -151,10 +152,17 @@ def test_response_format_wraps_bare_schema(emu: Emulator) -> None:
 
 
 def test_registry_and_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert REGISTRY == {"openai": "spark_llm_batch.providers.openai:OpenAIProvider"}
+    assert REGISTRY == {
+        "anthropic": "spark_llm_batch.providers.anthropic:AnthropicProvider",
+        "openai": "spark_llm_batch.providers.openai:OpenAIProvider",
+    }
     assert provider_class("openai") is OpenAIProvider
-    with pytest.raises(ConfigError, match="not supported"):
-        get_provider(BatchConfig(model="claude-3-5-haiku-latest", store="/tmp/s"))
+    assert provider_class("anthropic") is AnthropicProvider
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-" + "Zq9" * 8)
+    claude = get_provider(BatchConfig(model="claude-3-5-haiku-latest", store="/tmp/s"))
+    assert isinstance(claude, AnthropicProvider)
+    with pytest.raises(ConfigError, match=r"'mistral' is not supported.*: anthropic, openai$"):
+        provider_class("mistral")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         get_provider(BatchConfig(model="gpt-4o-mini", store="/tmp/s"))
@@ -165,9 +173,12 @@ def test_registry_and_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_importing_providers_does_not_import_the_sdk() -> None:
-    code = "import sys, spark_llm_batch.providers; print('openai' in sys.modules, 'httpx2' in sys.modules)"
+    code = (
+        "import sys, spark_llm_batch.providers; "
+        "print('openai' in sys.modules, 'anthropic' in sys.modules, 'httpx2' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False"]
 
 
 # ---- the full path ------------------------------------------------------------------------------
@@ -259,6 +270,12 @@ def test_failures_land_in_the_error_file(emu: Emulator, tmp_path: Path) -> None:
         "ok": None,
     }
     assert all(r.error_message for r in records.values() if r.status == "failed")
+    # The billing rule says what the provider bills: the answer and the refusal, not the errors.
+    billed = {e["custom_id"] for e in emu.ledger() if e["batch_id"] == done.batch_id}
+    assert billed == {k for k, r in records.items() if provider.is_billed(r.status, r.error_class)}
+    assert billed == {"ok".ljust(32, "0"), f"{4:032x}"}
+    assert OpenAIProvider.is_billed("failed", "truncated")
+    assert not OpenAIProvider.is_billed("failed", "expired")
 
 
 def test_batch_level_validation_failure(emu: Emulator, tmp_path: Path) -> None:
@@ -417,17 +434,6 @@ def test_missing_key_is_a_config_error() -> None:
     )
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         provider.retrieve("batch_x")
-
-
-def test_connection_error_has_no_status() -> None:
-    settings = ProviderSettings(
-        api_key=SecretStr(KEY), base_url="http://127.0.0.1:9/v1", max_retries=0, timeout_seconds=2
-    )
-    provider = OpenAIProvider(settings, retry=RetrySettings(attempts=2, base_seconds=0.01))
-    with pytest.raises(ProviderError) as info:
-        provider.retrieve("batch_x")
-    assert info.value.status is None
-    assert KEY not in str(info.value)
 
 
 def test_pickled_provider_works_and_hides_the_key(emu: Emulator, tmp_path: Path) -> None:
