@@ -21,6 +21,14 @@ committed         then (side effect)
                   run's loop ends (``Store.sweep_chunks``)
 ================  =================================================================================
 
+Where requests travel inline (``provider.requests_inline``, Anthropic) there is no upload:
+``staged`` → ``creating`` (the intent, alone) → the transport sends the lines in the create call
+(``provider.create_inline``) → ``submitted``. A provider whose batches cannot carry our key
+(``provider.tags_batches`` false) starts one chunk at a time and commits right after each create,
+so that a crash leaves at most one batch unrecorded, which ``find`` recognises by request count
+and creation time among the batches no store records (several candidates: neither adopted nor
+created again, looked up later).
+
 A batch the provider ``failed`` as a whole: with ``token_limit_exceeded`` (queue full) its members are
 copied to a new key, then one append records the old one ``abandoned`` and the new one ``uploaded``
 (same input file): it is created again later, with less in flight (the cap halves, then grows back by
@@ -51,9 +59,15 @@ from spark_llm_batch._leases import Leases, died_here
 from spark_llm_batch._orchestrator_ended import EndedPhase, RestageFn
 from spark_llm_batch._progress import RunSummary, summarize
 from spark_llm_batch._store_tables import BatchRecord, Phase
-from spark_llm_batch._transport import ChunkMissing, ExecutorTransport, Transport, UploadOutcome
+from spark_llm_batch._transport import (
+    ChunkMissing,
+    CreateOutcome,
+    ExecutorTransport,
+    Transport,
+    UploadOutcome,
+)
 from spark_llm_batch.errors import AuthenticationError, ProviderError
-from spark_llm_batch.providers.base import BatchState, ProviderBatch
+from spark_llm_batch.providers.base import AmbiguousBatch, BatchState, ProviderBatch
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -71,7 +85,7 @@ _REJECTED = (400, 404, 413, 422)
 
 
 class Orchestrator(EndedPhase):
-    """Drives every non-terminal batch of ``provider``/``config.model_name``/``config.endpoint``.
+    """Drives every non-terminal batch of ``provider``/``config.model_name``/its endpoint.
 
     Args:
         spark: the session.
@@ -104,6 +118,7 @@ class Orchestrator(EndedPhase):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spark, self.store, self.provider, self.config = spark, store, provider, config
+        self.endpoint = provider.endpoint(config)
         self.transport = transport or ExecutorTransport(store, provider)
         self._own_leases = leases is None  # then its run keeps them alive itself
         self.leases = leases or Leases(store, ttl=config.lease_seconds)
@@ -165,7 +180,7 @@ class Orchestrator(EndedPhase):
 
     def _load(self) -> None:
         records = self.store.current_batches(
-            provider=self.provider.name, model=self.config.model_name, endpoint=self.config.endpoint
+            provider=self.provider.name, model=self.config.model_name, endpoint=self.endpoint
         )
         self._take(records)
 
@@ -202,7 +217,7 @@ class Orchestrator(EndedPhase):
             for r in self.store.current_batches(
                 provider=self.provider.name,
                 model=self.config.model_name,
-                endpoint=self.config.endpoint,
+                endpoint=self.endpoint,
             )
         }
         self._foreign &= set(current)  # collected (or abandoned) by their run: nothing to wait for
@@ -230,7 +245,7 @@ class Orchestrator(EndedPhase):
 
     def _next_wake(self, now: float) -> float:
         waiting = self._in_state(Phase.SUBMITTED, Phase.CREATING)
-        if len(waiting) < self._cap:
+        if self._slots():
             waiting += self._in_state(Phase.STAGED, Phase.UPLOADED)
         dues = [self._due.get(r.key, now) for r in waiting]
         dues += [since + self._collect_wait() for since in self._ended_since.values()]
@@ -292,82 +307,159 @@ class Orchestrator(EndedPhase):
     # ---- staged / uploaded -> creating -> submitted -----------------------------------------------
 
     def _start_staged(self) -> bool:
-        """Upload up to the free slots, then commit ``uploaded`` + ``creating`` in one append."""
-        slots = self._cap - len(self._in_state(Phase.CREATING, Phase.SUBMITTED))
+        """Start up to the free slots: upload, then commit ``uploaded`` + ``creating`` in one
+        append; where requests travel inline, commit ``creating`` (the intent) alone: the create
+        sends the lines (:meth:`_create_pending`). A provider that cannot tag batches starts one
+        chunk at a time, once no other is ``creating``."""
         now = self._clock()
         ready = [r for r in self._in_state(Phase.UPLOADED, Phase.STAGED) if self._ready(r, now)][
-            : max(slots, 0)
+            : self._slots()
         ]
+        inline = self.provider.requests_inline
         staged = [r for r in ready if r.state is Phase.STAGED]
         uploads = dict(
             zip([r.key for r in staged], self.transport.upload([r.chunk for r in staged]), strict=True)
-        ) if staged else {}  # fmt: skip
+        ) if staged and not inline else {}  # fmt: skip
         events: list[BatchRecord] = []
         for record in ready:
             current: BatchRecord | None = record
-            if record.state is Phase.STAGED:
+            if record.state is Phase.STAGED and not inline:
                 current = self._uploaded(record, uploads[record.key], events)
             if current is not None:
                 events.append(current.to(Phase.CREATING))
-        if ready:
+        if uploads:
             _failpoints.hit("after_upload")
         self._commit(events)
         return bool(events)
+
+    def _slots(self) -> int:
+        """How many ``staged`` or ``uploaded`` batches may start now: what the in-flight cap
+        leaves room for; for a provider that cannot tag batches, one, and only while none is
+        ``creating`` (its intent is committed right before its create, so a crash leaves at most
+        one chunk whose batch ``find`` must recognise by count and time)."""
+        slots = self._cap - len(self._in_state(Phase.CREATING, Phase.SUBMITTED))
+        if self.provider.requests_inline and not self.provider.tags_batches:
+            slots = 0 if self._in_state(Phase.CREATING) else min(slots, 1)
+        return max(slots, 0)
 
     def _uploaded(
         self, record: BatchRecord, outcome: UploadOutcome, events: list[BatchRecord]
     ) -> BatchRecord | None:
         """Append ``record``'s next event(s) after its upload to ``events``; the uploaded record."""
-        if isinstance(outcome, ChunkMissing):
-            # The chunk's lines are gone: nothing to submit. Its members fall back to pending.
-            events.append(record.to(Phase.ABANDONED, error=f"chunk missing: {outcome}"))
-            return None
-        if isinstance(outcome, ProviderError):
-            rejected = self._submit_failed(record, outcome)
-            if rejected is not None:
-                events.append(rejected)
-            return None
         if isinstance(outcome, BaseException):
-            raise outcome
+            failed = self._send_failed(record, outcome)
+            if failed is not None:
+                events.append(failed)
+            return None
         uploaded = record.to(Phase.UPLOADED, input_ref=outcome)
         events.append(uploaded)
         return uploaded
 
+    def _send_failed(self, record: BatchRecord, exc: BaseException) -> BatchRecord | None:
+        """The event after a failed upload or create, if any (else the batch is held)."""
+        if isinstance(exc, ChunkMissing):
+            # The chunk's lines are gone: nothing to submit. Its members fall back to pending.
+            return record.to(Phase.ABANDONED, error=f"chunk missing: {exc}")
+        if isinstance(exc, ProviderError):
+            return self._submit_failed(record, exc)
+        raise exc
+
     def _create_pending(self) -> bool:
-        """``provider.create`` (or adopt via ``find``) every due ``creating`` batch; one commit."""
+        """Create (or adopt via ``find``) every due ``creating`` batch, then commit.
+
+        Batches created from uploaded files are committed together. Where requests travel inline
+        the transport sends each chunk in its create call; a provider that cannot tag a batch
+        with our key creates one batch at a time and commits right after each create, so that a
+        crash leaves at most one created batch unrecorded, the one ``find`` must recognise by
+        request count and time alone.
+        """
         now = self._clock()
-        events = []
+        events: list[BatchRecord] = []
+        to_create: list[BatchRecord] = []
+        owned: frozenset[str] | None = None  # read once per round, when some lookup needs it
         for record in self._in_state(Phase.CREATING):
-            if self._ready(record, now):
-                event = self._create_one(record)
-                if event is not None:
-                    events.append(event)
+            if not self._ready(record, now):
+                continue
+            if record.key in self._reconcile:
+                owned = self._owned() if owned is None else owned
+                decided, found = self._find(record, owned)
+                if found is not None:
+                    events.append(found)
+                    owned |= {found.batch_id or ""}  # adopted: never again for another chunk
+                if found is not None or not decided:
+                    continue
+            to_create.append(record)
         self._commit(events)
+        one_by_one = self.provider.requests_inline and not self.provider.tags_batches
+        for group in [[r] for r in to_create] if one_by_one else [to_create] if to_create else []:
+            created = [e for r, o in zip(group, self._create(group), strict=True)
+                       if (e := self._created(r, o)) is not None]  # fmt: skip
+            self._commit(created)
+            events += created
         return bool(events)
 
-    def _create_one(self, record: BatchRecord) -> BatchRecord | None:
-        try:
-            found = None
-            if record.key in self._reconcile:
-                # Our clock at the ``creating`` commit: the provider widens it by its own clock slack.
-                found = self.provider.find(record.chunk, record.updated_at)
-            batch = found or self.provider.create(record.chunk, record.input_ref, self.config)
-        except ProviderError as exc:
-            self._reconcile.add(record.key)  # a failed call may still have created it
-            return self._submit_failed(record, exc)
-        if found is not None:
-            self.summary.adopted += 1
-            log.info(
-                "batch %s: found %s at the provider, adopted (not created again)",
-                record.key,
-                found.batch_id,
-            )
-        else:
-            self.summary.created += 1
+    def _create(self, records: list[BatchRecord]) -> list[CreateOutcome]:
+        """Create the batches of ``records``: from their uploaded files, or with their lines."""
+        if self.provider.requests_inline:
+            outcomes = self.transport.create_inline([r.chunk for r in records], self.config)
+            if any(isinstance(o, ProviderBatch) for o in outcomes):
+                _failpoints.hit("after_create")
+            return outcomes
+        outcomes = []
+        for record in records:
+            try:
+                outcomes.append(
+                    self.provider.create(record.chunk, record.input_ref or "", self.config)
+                )
+            except ProviderError as exc:
+                outcomes.append(exc)
+                continue
             _failpoints.hit("after_create")
+        return outcomes
+
+    def _created(self, record: BatchRecord, outcome: CreateOutcome) -> BatchRecord | None:
+        if isinstance(outcome, BaseException):
+            if isinstance(outcome, ProviderError):
+                self._reconcile.add(record.key)  # a failed call may still have created it
+            return self._send_failed(record, outcome)
+        self.summary.created += 1
+        return self._submitted(record, outcome)
+
+    def _find(self, record: BatchRecord, owned: frozenset[str]) -> tuple[bool, BatchRecord | None]:
+        """Look for a batch a crash (or a failed call) left unrecorded for ``record``, among
+        those whose ids are not in ``owned``.
+
+        Returns whether the lookup decided, and the ``submitted`` event of the batch it found
+        (``(True, None)``: none exists, create it). Undecided (the lookup failed, or saw several
+        candidates), ``record`` is held and looked up again later: never created meanwhile.
+        """
+        try:
+            # Our clock at the ``creating`` commit: the provider widens it by its own clock slack.
+            found = self.provider.find(record.chunk, record.updated_at, owned)
+        except AuthenticationError:
+            raise
+        except (AmbiguousBatch, ProviderError) as exc:
+            log.warning("batch %s: not created again until the provider's batches are looked "
+                        "up: %s", record.key, exc)  # fmt: skip
+            self._hold(record.key, getattr(exc, "retry_after", None))
+            return False, None
+        if found is None:
+            return True, None
+        self.summary.adopted += 1
+        log.info("batch %s: found %s at the provider, adopted (not created again)",
+                 record.key, found.batch_id)  # fmt: skip
+        return True, self._submitted(record, found)
+
+    def _submitted(self, record: BatchRecord, batch: ProviderBatch) -> BatchRecord:
         self._reconcile.discard(record.key)
         self._schedule(record.key, reset=True)
         return record.to(Phase.SUBMITTED, **_observed(batch))
+
+    def _owned(self) -> frozenset[str]:
+        """Every provider batch id the store records (any run, provider or model): never adopted
+        for another chunk."""
+        stored = self.store.current_batches(include_terminal=True)
+        return frozenset(r.batch_id for r in [*stored, *self._records.values()] if r.batch_id)
 
     def _submit_failed(self, record: BatchRecord, exc: ProviderError) -> BatchRecord | None:
         """A failed upload/create: rejected → ``ended`` failed; queue full → hold and shrink; else hold."""

@@ -62,6 +62,7 @@ class EndedPhase:
     store: Store
     provider: Provider
     config: BatchConfig
+    endpoint: str
     transport: Transport
     leases: Leases
     summary: RunSummary
@@ -187,9 +188,7 @@ class EndedPhase:
             return []
         fresh: dict[str, str | None] = dict.fromkeys([c.key for c in staged.chunks])  # new: unheld
         self.leases.claim(list(fresh), holders=fresh)
-        return self.store.record_staged(
-            staged, provider=self.provider.name, endpoint=self.config.endpoint
-        )
+        return self.store.record_staged(staged, provider=self.provider.name, endpoint=self.endpoint)
 
     def _requeue(self, record: BatchRecord) -> bool:
         """Queue full: move the members to a new key, abandon this one; False when out of tries."""

@@ -4,13 +4,16 @@ The seam between the orchestrator and the network. A transport does two things, 
 
 - ``upload(chunks)``: stream each chunk's lines from the store's ``chunks`` table to
   ``provider.upload``; one outcome per chunk (the input reference, or the exception it failed with).
+- ``create_inline(chunks, config)``: the same streams, to ``provider.create_inline``, for providers
+  whose requests travel in the create call; one outcome per chunk (the batch, or the exception).
 - ``result_lines(batches)``: where collection's tasks find the result lines of ended batches
   (:class:`ResultLines`): read from the provider inside each task, or already in the store; a
   context manager, since the driver transport stages what it downloads in the store.
 
 :class:`ExecutorTransport` runs both in Spark tasks, in parallel and streaming: one task per chunk
 (a scan of the chunk's rows, coalesced into one task, :data:`UPLOAD_THREADS` such jobs at once)
-uploads it, and collection's task per batch reads that batch's results itself. For classic
+uploads it (or creates its batch with the lines inline), and collection's task per batch reads
+that batch's results itself. For classic
 clusters, where executors reach the provider.
 
 :class:`DriverTransport` runs both on the driver, for Databricks serverless and wherever executors
@@ -38,18 +41,21 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 from spark_llm_batch._arrow_rows import ROWS_PER_BATCH, no_cyclic_gc, rows_batch
 from spark_llm_batch._store_tables import RESULT_FIELDS
 from spark_llm_batch.errors import AuthenticationError, ProviderError, StoreError
+from spark_llm_batch.providers.base import ProviderBatch
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame
 
     from spark_llm_batch._store import Store
-    from spark_llm_batch.providers.base import ChunkRef, Provider, ProviderBatch
+    from spark_llm_batch.config import BatchConfig
+    from spark_llm_batch.providers.base import ChunkRef, Provider
 
 __all__ = [
     "DOWNLOAD_WINDOW_ROWS",
     "RESULT_ROW_COLUMNS",
     "ChunkMissing",
+    "CreateOutcome",
     "DriverTransport",
     "ExecutorTransport",
     "ResultLines",
@@ -76,8 +82,14 @@ class ChunkMissing(Exception):
     """The store holds no lines for a chunk (swept, or lost): there is nothing to upload."""
 
 
-UploadOutcome: TypeAlias = "str | BaseException | None"
+UploadOutcome: TypeAlias = "str | BaseException"
 """What ``upload`` gives per chunk: the input reference, or the exception the upload raised."""
+
+CreateOutcome: TypeAlias = "ProviderBatch | BaseException"
+"""What ``create_inline`` gives per chunk: the created batch, or the exception the create raised
+(after which the batch may still exist: the orchestrator reconciles before creating again)."""
+
+_Outcome: TypeAlias = "str | ProviderBatch | BaseException"
 
 
 class ResultLines(NamedTuple):
@@ -101,6 +113,11 @@ class Transport(Protocol):
     def upload(self, chunks: Sequence[ChunkRef]) -> list[UploadOutcome]:
         """Upload every chunk (concurrently); per chunk, its input reference or its exception
         (:class:`ChunkMissing`, :class:`~spark_llm_batch.errors.ProviderError`)."""
+        ...
+
+    def create_inline(self, chunks: Sequence[ChunkRef], config: BatchConfig) -> list[CreateOutcome]:
+        """Create every chunk's batch with its lines in the create call (concurrently); per chunk,
+        the batch or its exception."""
         ...
 
     def result_lines(
@@ -195,8 +212,11 @@ def _utf8_payload(strings: pa.Array) -> pa.Buffer:
     return strings.buffers()[2].slice(start, end - start)
 
 
-def _upload_stream(provider: Provider, chunk: ChunkRef, parts: Iterator[Any]) -> UploadOutcome:
-    """Upload ``parts`` (a chunk's bytes) as ``chunk``; the input reference or the exception."""
+def _send_stream(
+    provider: Provider, chunk: ChunkRef, parts: Iterator[Any], config: BatchConfig | None
+) -> _Outcome:
+    """Send ``parts`` (a chunk's bytes): uploaded as ``chunk`` (``config`` None), else in the
+    create call of its batch; the input reference or the batch, or the exception."""
     first = next(parts, None)
     if first is None:
         return ChunkMissing(f"the store holds no lines for chunk {chunk.key}")
@@ -207,7 +227,9 @@ def _upload_stream(provider: Provider, chunk: ChunkRef, parts: Iterator[Any]) ->
 
     stream = io.BufferedReader(LineStream(chunk.key, all_parts(), chunk.nbytes), 1 << 20)
     try:
-        return provider.upload(chunk, stream)
+        if config is None:
+            return provider.upload(chunk, stream)
+        return provider.create_inline(chunk, stream, config)
     except (ProviderError, ChunkMissing) as exc:
         return exc
 
@@ -223,21 +245,25 @@ def _in_threads(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
 
 
 @dataclass(frozen=True)
-class _UploadTask:
-    """The ``mapInArrow`` function of one chunk's upload (one task: the scan is coalesced)."""
+class _SendTask:
+    """The ``mapInArrow`` function of one chunk's upload, or inline create (``config`` set); one
+    task: the scan is coalesced."""
 
     provider: Provider
     chunk: ChunkRef
+    config: BatchConfig | None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
 
         parts = (_line_bytes(b) for b in batches if b.num_rows)
-        outcome = _upload_stream(self.provider, self.chunk, parts)
+        outcome = _send_stream(self.provider, self.chunk, parts, self.config)
         yield pa.RecordBatch.from_pylist([_outcome_row(outcome)], schema=_outcome_schema())
 
 
-_OUTCOME_DDL = "ref STRING, kind STRING, message STRING, status INT, retry_after DOUBLE"
+_OUTCOME_DDL = (
+    "ref STRING, batch STRING, kind STRING, message STRING, status INT, retry_after DOUBLE"
+)
 
 
 def _outcome_schema() -> pa.Schema:
@@ -246,6 +272,7 @@ def _outcome_schema() -> pa.Schema:
     return pa.schema(
         [
             ("ref", pa.string()),
+            ("batch", pa.string()),
             ("kind", pa.string()),
             ("message", pa.string()),
             ("status", pa.int32()),
@@ -254,16 +281,21 @@ def _outcome_schema() -> pa.Schema:
     )
 
 
-def _outcome_row(outcome: UploadOutcome) -> dict[str, Any]:
-    """An upload outcome as a row a task can return (exceptions travel as data, not as task
+def _outcome_row(outcome: _Outcome) -> dict[str, Any]:
+    """A send's outcome as a row a task can return (exceptions travel as data, not as task
     failures, so that the driver gets the provider's status and retry-after back)."""
+    if isinstance(outcome, ProviderBatch):
+        return {"ref": None, "batch": outcome.to_json(), "kind": "ok", "message": None,
+                "status": None, "retry_after": None}  # fmt: skip
     if not isinstance(outcome, BaseException):
-        return {"ref": outcome, "kind": "ok", "message": None, "status": None, "retry_after": None}
+        return {"ref": outcome, "batch": None, "kind": "ok", "message": None, "status": None,
+                "retry_after": None}  # fmt: skip
     kind = "missing" if isinstance(outcome, ChunkMissing) else "provider"
     if isinstance(outcome, AuthenticationError):
         kind = "auth"
     return {
         "ref": None,
+        "batch": None,
         "kind": kind,
         "message": str(outcome),
         "status": getattr(outcome, "status", None),
@@ -271,9 +303,9 @@ def _outcome_row(outcome: UploadOutcome) -> dict[str, Any]:
     }
 
 
-def _outcome_from_row(row: Any) -> UploadOutcome:
+def _outcome_from_row(row: Any) -> _Outcome:
     if row["kind"] == "ok":
-        return row["ref"]
+        return ProviderBatch.from_json(row["batch"]) if row["batch"] else row["ref"]
     if row["kind"] == "missing":
         return ChunkMissing(row["message"])
     cls = AuthenticationError if row["kind"] == "auth" else ProviderError
@@ -295,17 +327,21 @@ def _result_batches(provider: Provider, batch: ProviderBatch) -> Iterator[pa.Rec
 
 class _Uploads(ABC):
     """What both transports share: the store and provider, and several chunks uploaded at once
-    (``_upload_one`` is each transport's own)."""
+    (``_send_one`` is each transport's own)."""
 
     def __init__(self, store: Store, provider: Provider) -> None:
         self.store, self.provider = store, provider
 
     def upload(self, chunks: Sequence[ChunkRef]) -> list[UploadOutcome]:
-        return _in_threads(self._upload_one, chunks)
+        return _in_threads(lambda chunk: self._send_one(chunk, None), chunks)
+
+    def create_inline(self, chunks: Sequence[ChunkRef], config: BatchConfig) -> list[CreateOutcome]:
+        return _in_threads(lambda chunk: self._send_one(chunk, config), chunks)
 
     @abstractmethod
-    def _upload_one(self, chunk: ChunkRef) -> UploadOutcome:
-        """Stream one chunk's lines to the provider; its outcome."""
+    def _send_one(self, chunk: ChunkRef, config: BatchConfig | None) -> _Outcome:
+        """Stream one chunk's lines to the provider (uploaded, or inline in the create call when
+        ``config`` is given); its outcome."""
 
 
 class ExecutorTransport(_Uploads):
@@ -313,9 +349,9 @@ class ExecutorTransport(_Uploads):
 
     name = "executors"
 
-    def _upload_one(self, chunk: ChunkRef) -> UploadOutcome:
+    def _send_one(self, chunk: ChunkRef, config: BatchConfig | None) -> _Outcome:
         lines = self.store.chunk_lines([chunk.key]).select("line").coalesce(1)
-        rows = lines.mapInArrow(_UploadTask(self.provider, chunk), _OUTCOME_DDL).collect()
+        rows = lines.mapInArrow(_SendTask(self.provider, chunk, config), _OUTCOME_DDL).collect()
         if len(rows) != 1:  # one task, one row: anything else is Spark misbehaving
             raise StoreError(f"upload of chunk {chunk.key} gave {len(rows)} outcomes, not 1")
         return _outcome_from_row(rows[0])
@@ -333,10 +369,10 @@ class DriverTransport(_Uploads):
 
     name = "driver"
 
-    def _upload_one(self, chunk: ChunkRef) -> UploadOutcome:
+    def _send_one(self, chunk: ChunkRef, config: BatchConfig | None) -> _Outcome:
         rows = self.store.chunk_lines([chunk.key]).select("line").toLocalIterator()
         parts = (row[0].encode() + b"\n" for row in rows)
-        return _upload_stream(self.provider, chunk, _grouped(parts, 1 << 20))
+        return _send_stream(self.provider, chunk, _grouped(parts, 1 << 20), config)
 
     @contextlib.contextmanager
     def result_lines(self, batches: Sequence[ProviderBatch]) -> Iterator[ResultLines]:

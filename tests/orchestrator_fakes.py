@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from spark_llm_batch import _columns as C
 from spark_llm_batch._transport import (
+    CreateOutcome,
     DriverTransport,
     ExecutorTransport,
     ResultLines,
@@ -34,6 +35,7 @@ from spark_llm_batch._transport import (
 from spark_llm_batch.config import BatchConfig, ProviderSettings
 from spark_llm_batch.errors import ProviderError
 from spark_llm_batch.providers.base import (
+    AmbiguousBatch,
     BatchState,
     ChunkRef,
     Provider,
@@ -89,6 +91,9 @@ class FakeProvider(Provider):
     def build(cls, **kwargs: Any) -> FakeProvider:
         return cls(ProviderSettings(api_key="sk-fake-000000"), **kwargs)
 
+    def endpoint(self, config: BatchConfig) -> str:
+        return "/v1/chat/completions"
+
     def request_body(self, config: BatchConfig, prompt: str) -> dict[str, Any]:
         return {"prompt": prompt}
 
@@ -123,7 +128,9 @@ class FakeProvider(Provider):
             raise Crash(batch_id)
         return self._view(batch_id)
 
-    def find(self, chunk: ChunkRef, not_before: float) -> ProviderBatch | None:
+    def find(
+        self, chunk: ChunkRef, not_before: float, owned: frozenset[str] = frozenset()
+    ) -> ProviderBatch | None:
         for batch_id, batch in self.batches.items():
             if batch["key"] == chunk.key and batch["created_at"] >= not_before - 600:
                 return self._view(batch_id)
@@ -177,6 +184,55 @@ class FakeProvider(Provider):
                                input_tokens=1, output_tokens=2, model="fake-model")  # fmt: skip
 
 
+@dataclass
+class InlineFakeProvider(FakeProvider):
+    """Like Anthropic: the lines travel in the create call, and a batch carries no key, so
+    ``find`` matches on request count and time only (and gives up when that is ambiguous).
+
+    ``recorded_at_create`` holds, per create, how many batches the store recorded ``submitted``
+    (or later) just before it: what "commit after each create" means, checked by the tests.
+    """
+
+    name: ClassVar[str] = "fake"
+    requests_inline: ClassVar[bool] = True
+    tags_batches: ClassVar[bool] = False
+    store: Any = None
+    recorded_at_create: list[int] = field(default_factory=list)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "store": None}  # a Spark session stays where it is
+
+    def upload(self, chunk: ChunkRef, content: BinaryIO) -> str:
+        raise AssertionError("an inline provider is never asked to upload")
+
+    def create(self, chunk: ChunkRef, input_ref: str | None, config: BatchConfig) -> ProviderBatch:
+        raise AssertionError("an inline provider is never asked to create from a file")
+
+    def create_inline(
+        self, chunk: ChunkRef, content: BinaryIO, config: BatchConfig
+    ) -> ProviderBatch:
+        if self.store is not None:
+            batches = self.store.current_batches(provider=self.name, include_terminal=True)
+            recorded = [r for r in batches if r.batch_id]
+            self.recorded_at_create.append(len(recorded))
+        ref = FakeProvider.upload(self, chunk, content)
+        return FakeProvider.create(self, chunk, ref, config)
+
+    def find(
+        self, chunk: ChunkRef, not_before: float, owned: frozenset[str] = frozenset()
+    ) -> ProviderBatch | None:
+        matches = [
+            batch_id
+            for batch_id, batch in self.batches.items()
+            if batch["n"] == chunk.requests
+            and batch["created_at"] >= not_before - 600
+            and batch_id not in owned
+        ]
+        if len(matches) > 1:
+            raise AmbiguousBatch(f"batches {matches} each hold {chunk.requests} requests")
+        return self._view(matches[0]) if matches else None
+
+
 class SplitTransport:
     """Uploads through one transport, results through another (both the library's own).
 
@@ -190,6 +246,9 @@ class SplitTransport:
 
     def upload(self, chunks: Sequence[ChunkRef]) -> list[UploadOutcome]:
         return self.up.upload(chunks)
+
+    def create_inline(self, chunks: Sequence[ChunkRef], config: BatchConfig) -> list[CreateOutcome]:
+        return self.up.create_inline(chunks, config)
 
     def result_lines(
         self, batches: Sequence[ProviderBatch]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from spark_llm_batch.errors import AuthenticationError
 from tests.orchestrator_fakes import (
     Crash,
     FakeProvider,
+    InlineFakeProvider,
     SplitTransport,
     TestStager,
     fake_transport,
@@ -41,7 +43,6 @@ def _config(store: Path, **overrides: Any) -> BatchConfig:
     options: dict[str, Any] = {
         "model": "openai:fake-model",
         "store": str(store),
-        "endpoint": ENDPOINT,
         "poll": PollPolicy(initial_seconds=0.01, max_seconds=0.05, progress_seconds=0.2),
         **overrides,
     }
@@ -188,6 +189,61 @@ def test_crash_after_create_is_adopted_not_created_again(
     assert summary.created == 0
     assert len(fake.creates) == 1
     _assert_all_answered(store, rows)
+
+
+def test_inline_creates_without_tags_go_one_at_a_time_each_committed_before_the_next(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=9, per_chunk=3)
+    fake = InlineFakeProvider.build(store=store)
+    summary = _run(spark, store, fake, tmp_path)
+    assert (summary.created, summary.collected) == (3, 3)
+    assert fake.uploads == fake.creates  # each chunk's lines sent once, in its create call
+    # Before the n-th create, the n-1 batches created before it were committed with their ids.
+    assert fake.recorded_at_create == [0, 1, 2]
+    _assert_all_answered(store, rows)
+
+
+def test_inline_crash_after_create_is_found_by_count_and_time_not_created_again(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=6, per_chunk=3)
+    fake = InlineFakeProvider.build(crash_after_create=True)
+    with pytest.raises(Crash):
+        _run(spark, store, fake, tmp_path)
+    states = sorted(r.state.value for r in store.current_batches(provider="fake"))
+    assert states == ["creating", "staged"]  # one intent, then its create; the other waits
+    assert len(fake.creates) == 1
+    fake.crash_after_create = False
+    summary = _run(spark, store, fake, tmp_path)
+    assert (summary.adopted, summary.created) == (1, 1)
+    assert len(fake.creates) == 2  # the adopted batch is the crashed create's own chunk's:
+    assert {b["key"] for b in fake.batches.values()} == {r.key for r in store.current_batches(
+        provider="fake", include_terminal=True)}  # fmt: skip
+    _assert_all_answered(store, rows)
+
+
+def test_inline_lookup_that_cannot_tell_batches_apart_neither_adopts_nor_creates(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store, _ = _setup(spark, tmp_path, n=3, per_chunk=3)
+    (staged,) = store.current_batches(provider="fake")
+    fake = InlineFakeProvider.build()
+    # Two batches of the chunk's size that no store records (another job's, and maybe ours).
+    for key in ("other-a", "other-b"):
+        fake.batches[f"batch_{key}"] = {
+            "key": key, "lines": [], "n": staged.requests, "polls": 0, "outcome": "completed",
+            "created_at": time.time(), "to_end": 1,
+        }  # fmt: skip
+    store.append_batches([staged.to(Phase.CREATING)])  # a crash right after the intent
+    poll = PollPolicy(initial_seconds=0.01, max_seconds=0.05, timeout_seconds=1.0)
+    summary = _run(spark, store, fake, tmp_path, poll=poll)
+    assert summary.timed_out
+    assert (summary.adopted, summary.created) == (0, 0)
+    assert fake.creates == []
+    (record,) = store.current_batches(provider="fake")
+    assert record.state is Phase.CREATING
+    assert record.batch_id is None
 
 
 def test_a_crash_after_the_merge_is_collected_again_and_the_merge_adds_nothing(

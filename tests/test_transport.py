@@ -21,7 +21,7 @@ from spark_llm_batch._transport import (
     LineStream,
     _outcome_from_row,
     _outcome_row,
-    _upload_stream,
+    _send_stream,
 )
 from spark_llm_batch.errors import AuthenticationError, ProviderError
 from spark_llm_batch.providers.base import ChunkRef
@@ -68,12 +68,12 @@ class _Recorder:
 def test_an_upload_gives_the_reference_or_its_failure_as_a_value() -> None:
     chunk = ChunkRef("k" * 32, 3, 7, "m")
     ok = _Recorder()
-    assert _upload_stream(ok, chunk, iter([b"a\n", b"bc\nd\n"])) == "file-" + "k" * 32  # type: ignore[arg-type]
+    assert _send_stream(ok, chunk, iter([b"a\n", b"bc\nd\n"]), None) == "file-" + "k" * 32  # type: ignore[arg-type]
     assert ok.sent == b"a\nbc\nd\n"
-    missing = _upload_stream(_Recorder(), chunk, iter([]))  # type: ignore[arg-type]
+    missing = _send_stream(_Recorder(), chunk, iter([]), None)  # type: ignore[arg-type]
     assert isinstance(missing, ChunkMissing)
     refused = ProviderError("429 slow down", status=429, retry_after=2.5)
-    assert _upload_stream(_Recorder(refused), chunk, iter([b"a\n"])) is refused  # type: ignore[arg-type]
+    assert _send_stream(_Recorder(refused), chunk, iter([b"a\n"]), None) is refused  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
