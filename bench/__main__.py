@@ -18,6 +18,7 @@ from pathlib import Path
 BENCHMARKS = {
     "emulator": ("bench.emulator_bench", "Emulator"),
     "pipeline": ("bench.pipeline_bench", "Pipeline"),
+    "reconcile": ("bench.reconcile_bench", "Crash reconciliation"),
 }
 _FILE = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 _HEADER = "# Benchmarks\n\nNumbers from `python -m bench` (`make bench`). Each section says how it was measured.\n"
@@ -35,7 +36,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], metavar="name")
     parser.add_argument("--rows", type=int, default=None, help="pipeline: input rows (1,000,000)")
-    parser.add_argument("--repeats", type=int, default=None, help="pipeline: timed pairs (2)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="pipeline: timed pairs (2); reconcile: rounds (3)"
+    )
     parser.add_argument(
         "--memory-rows", default=None, help="pipeline: further sizes, comma-separated (100000)"
     )
@@ -44,10 +47,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _options(name: str, args: argparse.Namespace) -> tuple[dict[str, object], str]:
     """Keyword arguments of ``name``'s ``run`` and their command-line spelling."""
-    if name != "pipeline":
-        return {}, ""
     options: dict[str, object] = {}
     flags = ""
+    if name == "reconcile" and args.repeats is not None:
+        return {"repeats": args.repeats}, f" --repeats {args.repeats}"
+    if name != "pipeline":
+        return {}, ""
     if args.rows is not None:
         options["rows"] = args.rows
         flags += f" --rows {args.rows}"

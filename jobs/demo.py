@@ -1,8 +1,9 @@
 """The main job's demo: a sample table through ``llm_batch`` against the embedded emulator.
 
 Run it with ``make demo``. No provider account is needed: the emulator that ships in the package
-stands in for OpenAI, and its billing ledger shows that every request was paid for exactly once,
-even though the job runs twice (the second run is answered from the store).
+stands in for OpenAI and Anthropic, and its billing ledger shows that every request was paid for
+exactly once, even though the job runs twice (the second run is answered from the store). Then
+the same prompts go to Claude, through Anthropic's Message Batches, with the same call.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main() -> int:
     with Emulator(EmulatorConfig(processing_seconds=2.0)) as emulator:
         os.environ["OPENAI_API_KEY"] = "sk-demo-emulator"
         os.environ["OPENAI_BASE_URL"] = emulator.openai_base_url
+        os.environ["ANTHROPIC_API_KEY"] = "sk-ant-demo-emulator"
+        os.environ["ANTHROPIC_BASE_URL"] = emulator.anthropic_base_url
         options = {
             "model": "gpt-4o-mini",
             "store": f"{work}/store",
@@ -59,14 +62,31 @@ def main() -> int:
         second = time.monotonic() - started
 
         statuses = Counter(row["status"] for row in out.select("llm.status").collect())
-        billed = emulator.ledger()
+        billed = [e for e in emulator.ledger() if e["provider"] == "openai"]
         print(f"rows in: {df.count()}, rows out: {out.count()}, statuses: {dict(statuses)}")
         print(f"first run {first:.1f} s, re-run {second:.1f} s (answered from the store)")
         print(
-            f"requests billed by the emulator: {len(billed)} (distinct: {len({e['custom_id'] for e in billed})})"
+            f"requests billed by OpenAI's emulator: {len(billed)} "
+            f"(distinct: {len({e['custom_id'] for e in billed})})"
+        )
+
+        # The same call to Claude: Anthropic's Message Batches, same store, same guarantees.
+        claude = df.llm_batch("prompt", **{**options, "model": "claude-3-5-haiku-latest"})
+        claude.select("id", "llm.status", "llm.model", "llm.text").orderBy("id").show(
+            3, truncate=60
+        )
+        claude_billed = [e for e in emulator.ledger() if e["provider"] == "anthropic"]
+        claude_ok = Counter(row["status"] for row in claude.select("llm.status").collect())
+        print(
+            f"Claude: rows out: {claude.count()}, statuses: {dict(claude_ok)}, requests billed "
+            f"by Anthropic's emulator: {len(claude_billed)}"
         )
         print(f"store and output under {work}")
-        ok = out.count() == df.count() == again.count() and len(billed) == df.count()
+        ok = (
+            out.count() == df.count() == again.count() == claude.count()
+            and len(billed) == df.count()
+            and len(claude_billed) == df.count()
+        )
     spark.stop()
     return 0 if ok else 1
 

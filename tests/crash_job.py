@@ -8,8 +8,8 @@ points are chosen by the test through ``SPARK_LLM_BATCH_FAILPOINT`` in this proc
 Usage::
 
     python tests/crash_job.py --input IN --store STORE --output OUT --result RESULT.json \
-        --base-url http://127.0.0.1:PORT/v1 [--max-requests 10] [--max-in-flight 3] \
-        [--transport executors|driver|auto] [--lease-seconds 30]
+        --base-url http://127.0.0.1:PORT/v1 [--provider openai|anthropic] [--max-requests 10] \
+        [--max-in-flight 3] [--transport executors|driver|auto] [--lease-seconds 30]
 
 The result file holds ``{"rows": [output rows], "chunks": n, "downloads": m}``: the store's
 ``chunks`` and ``downloads`` rows left once the call returned.
@@ -26,7 +26,8 @@ import os
 import sys
 from pathlib import Path
 
-MODEL = "gpt-4o-mini"
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+"""The model the job calls, per provider."""
 SYSTEM = "Answer in one line."
 KEY_ENV = "CRASH_JOB_API_KEY"
 SUBMITTED_MARK = "-> submitted"
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True, help="store path")
     parser.add_argument("--output", required=True, help="output Delta table path")
     parser.add_argument("--result", required=True, help="where to write the output rows as JSON")
-    parser.add_argument("--base-url", required=True, help="the emulator's OpenAI base URL")
+    parser.add_argument("--base-url", required=True, help="the emulator's base URL for --provider")
+    parser.add_argument("--provider", choices=tuple(MODELS), default="openai")
     parser.add_argument("--max-requests", type=int, default=10)
     parser.add_argument("--max-in-flight", type=int, default=3)
     parser.add_argument("--transport", choices=("auto", "executors", "driver"), default="auto")
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     out = spark_llm_batch.llm_batch(
         df,
         "prompt",
-        model=MODEL,
+        model=MODELS[args.provider],
         store=args.store,
         output=args.output,
         id_col="id",

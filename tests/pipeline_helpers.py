@@ -11,8 +11,15 @@ from spark_llm_batch.config import BatchLimits, PollPolicy
 if TYPE_CHECKING:
     from spark_llm_batch.emulator import Emulator
 
-MODEL = "gpt-4o-mini"
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+"""The model each provider's pipeline tests call."""
+MODEL = MODELS["openai"]
 SYSTEM = "Answer briefly."
+
+
+def base_url(emu: Emulator, provider: str) -> str:
+    """The emulator's base URL for ``provider``'s SDK."""
+    return emu.openai_base_url if provider == "openai" else emu.anthropic_base_url
 
 
 def pipeline_options(
@@ -21,17 +28,19 @@ def pipeline_options(
     *,
     max_requests: int,
     api_key: str = "sk-test-emulator",
+    provider: str = "openai",
     **extra: Any,
 ) -> dict[str, Any]:
-    """``llm_batch`` options for ``emu``: small batches and a quick poll, then ``extra``."""
+    """``llm_batch`` options for ``provider`` on ``emu``: small batches and a quick poll, then
+    ``extra``."""
     return {
-        "model": MODEL,
+        "model": MODELS[provider],
         "store": str(store),
         "system": SYSTEM,
         "params": {"temperature": 0},
         "limits": BatchLimits(max_requests=max_requests),
         "poll": PollPolicy(initial_seconds=0.05, max_seconds=0.2, progress_seconds=1.0),
-        "provider_settings": {"api_key": api_key, "base_url": emu.openai_base_url},
+        "provider_settings": {"api_key": api_key, "base_url": base_url(emu, provider)},
         **extra,
     }
 

@@ -16,11 +16,13 @@ as with the real service, so a reconciliation window that is too narrow is not m
 simulated clock running ahead. Batches take a few seconds, and 20 s for ``while_polling`` and the
 random kill, so those land while batches are still in progress (checked, not assumed).
 
-The matrix runs with both transports (``transport="executors"``: uploads and downloads in Spark
+The matrix runs for both providers (OpenAI tags a batch with our key, so a crash after create is
+reconciled by key; Anthropic cannot, so by request count and time: see
+``spark_llm_batch.providers.anthropic``) and with both transports (``transport="executors"``: uploads and downloads in Spark
 tasks; ``"driver"``: the driver streams lines out of Spark and results back through the store's
-``downloads`` table). Three cases run by default (executors at ``after_create`` and
-``during_collect``, driver at ``during_collect``); the others and the random kill are ``slow``
-(each test starts two JVMs). Set ``CRASH_RESUME_SEED`` to replay a random kill.
+``downloads`` table). Five cases run by default (:data:`DEFAULT_CASES`); the others and the
+random kill are ``slow`` (each test starts two JVMs). Anthropic has no upload, so no
+``after_upload`` case. Set ``CRASH_RESUME_SEED`` to replay a random kill.
 
 Once resumed, the store stages nothing any more: every batch was collected, so the run's sweep
 dropped all ``chunks`` rows, and the driver's ``downloads`` are dropped after each collection.
@@ -46,6 +48,7 @@ import pytest
 from spark_llm_batch._failpoints import ENV_VAR as FAILPOINT_ENV
 from spark_llm_batch.emulator import _answers
 from tests import crash_job
+from tests.pipeline_helpers import base_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -64,6 +67,8 @@ KILL_MAX_IN_FLIGHT = 2  # the random kill: batches also wait behind the cap
 MAX_BATCHES = math.ceil(DISTINCT_PROMPTS / MAX_REQUESTS) + 1  # the packing bound of the issue
 RUN_TIMEOUT = 420.0
 IN_PROGRESS = {"validating", "in_progress", "finalizing"}
+ENDED = {"openai": "completed", "anthropic": "ended"}
+"""The status a provider reports for a batch that ended with every request done."""
 
 # Real-time clock: a batch is in progress for PROCESSING seconds (see the module docstring), or
 # LONG_PROCESSING where the crash must land while batches are in progress, even when the commit of
@@ -79,6 +84,7 @@ class Job:
     root: Path
     emu: Emulator
     transport: str = "executors"
+    provider: str = "openai"
 
     @property
     def input(self) -> Path:
@@ -109,7 +115,9 @@ class Job:
             "--result",
             str(self.result),
             "--base-url",
-            self.emu.openai_base_url,
+            base_url(self.emu, self.provider),
+            "--provider",
+            self.provider,
             "--max-requests",
             str(MAX_REQUESTS),
             "--max-in-flight",
@@ -123,12 +131,12 @@ def _prompt(i: int) -> str:
     return f"Crash-test question {i % DISTINCT_PROMPTS}: name one property of the number {i % DISTINCT_PROMPTS}."
 
 
-def _make_job(root: Path, emu: Emulator, transport: str) -> Job:
+def _make_job(root: Path, emu: Emulator, transport: str, provider: str = "openai") -> Job:
     """Write the input table (three parquet files, so the job reads several partitions)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    job = Job(root, emu, transport)
+    job = Job(root, emu, transport, provider)
     job.input.mkdir(parents=True)
     ids = list(range(N_ROWS))
     for part, start in enumerate(range(0, N_ROWS, 14)):
@@ -198,12 +206,32 @@ def _tail(log: Path, lines: int = 60) -> str:
     return f"--- last {lines} lines of {log} ---\n" + "\n".join(text.splitlines()[-lines:])
 
 
-def _provider_batches(emu: Emulator) -> list[Any]:
+@dataclass(frozen=True)
+class ProviderSide:
+    """One batch as the provider lists it: its id, status and our key (OpenAI's metadata)."""
+
+    id: str
+    status: str
+    key: str | None
+
+
+def _provider_batches(emu: Emulator, provider: str = "openai") -> list[ProviderSide]:
     """Every batch the emulator holds, through the official SDK (as a user would list them)."""
+    if provider == "anthropic":
+        import anthropic
+
+        claude = anthropic.Anthropic(
+            base_url=emu.anthropic_base_url, api_key=API_KEY, max_retries=0
+        )
+        listed = claude.messages.batches.list(limit=100)
+        return [ProviderSide(b.id, b.processing_status, None) for b in listed]
     import openai
 
     client = openai.OpenAI(base_url=emu.openai_base_url, api_key=API_KEY, max_retries=0)
-    return list(client.batches.list(limit=100))
+    return [
+        ProviderSide(b.id, b.status, (b.metadata or {}).get("llm_batch_key"))
+        for b in client.batches.list(limit=100)
+    ]
 
 
 def _uploaded_files(emu: Emulator) -> list[Any]:
@@ -239,7 +267,7 @@ def _assert_resumed_completely(job: Job, log: Path, rc: int) -> None:
         assert row["prompt"] == _prompt(row["id"]), row
         assert result["status"] == "succeeded", (row, context)
         expected = _answers.expected_text(
-            row["prompt"], model=crash_job.MODEL, system=crash_job.SYSTEM
+            row["prompt"], model=crash_job.MODELS[job.provider], system=crash_job.SYSTEM
         )
         assert result["text"] == expected, row
         assert result["attempts"] == 1, row
@@ -254,12 +282,13 @@ def _assert_resumed_completely(job: Job, log: Path, rc: int) -> None:
     assert set(billed) == set(hashes.values()), context
 
     # No batch created twice, none created in vain, no more than the packing bound.
-    batches = _provider_batches(job.emu)
-    keys = Counter((b.metadata or {}).get("llm_batch_key") for b in batches)
+    batches = _provider_batches(job.emu, job.provider)
+    keys = Counter(b.key for b in batches if b.key is not None)
     assert all(n == 1 for n in keys.values()), f"a batch key was created twice: {keys}\n{context}"
     billed_batches = {e["batch_id"] for e in job.emu.ledger() if e["batch_id"]}
     assert {b.id for b in batches} == billed_batches, context
-    assert {b.status for b in batches} == {"completed"}, context
+    assert {r["llm"]["batch_id"] for r in rows} == billed_batches, context  # none created in vain
+    assert {b.status for b in batches} == {ENDED[job.provider]}, context
     assert len(batches) <= MAX_BATCHES, f"{len(batches)} batches for {DISTINCT_PROMPTS} requests"
 
 
@@ -268,16 +297,17 @@ def make_job(fresh_emulator: Callable[..., Emulator], tmp_path: Path) -> Callabl
     """``make_job(processing, transport)``: an input table and a fresh emulator on a real-time
     clock, for a job using ``transport``."""
 
-    def make(processing: float, transport: str = "executors") -> Job:
+    def make(processing: float, transport: str = "executors", provider: str = "openai") -> Job:
         emu = fresh_emulator(processing_seconds=processing, clock_speed=1.0)
-        return _make_job(tmp_path, emu, transport)
+        return _make_job(tmp_path, emu, transport, provider)
 
     return make
 
 
-def _check_where_it_died(failpoint: str, emu: Emulator, log: Path) -> None:
+def _check_where_it_died(job: Job, failpoint: str, log: Path) -> None:
     """Prove the crash hit where the failpoint says (the provider side at the moment of death)."""
-    batches = _provider_batches(emu)
+    emu = job.emu
+    batches = _provider_batches(emu, job.provider)
     context = f"{failpoint}: batches {[(b.id, b.status) for b in batches]}\n{_tail(log)}"
     if failpoint == "after_stage":
         assert not batches, context
@@ -288,7 +318,7 @@ def _check_where_it_died(failpoint: str, emu: Emulator, log: Path) -> None:
     elif failpoint == "after_create":
         assert len(batches) == 1, context
     elif failpoint == "while_polling":
-        assert any(b.status in IN_PROGRESS for b in batches), context
+        assert any(b.status in IN_PROGRESS for b in batches), context  # both providers' word
     elif failpoint == "during_collect":
         assert emu.ledger(), context  # some batch ended (and was billed) before the collection
     else:  # pragma: no cover - a new failpoint needs its own check here
@@ -296,25 +326,33 @@ def _check_where_it_died(failpoint: str, emu: Emulator, log: Path) -> None:
 
 
 FAILPOINTS = ("after_stage", "after_upload", "after_create", "while_polling", "during_collect")
-DEFAULT_CASES = {("executors", "after_create"), ("executors", "during_collect"),
-                 ("driver", "during_collect")}  # fmt: skip
+DEFAULT_CASES = {
+    ("openai", "executors", "after_create"),
+    ("openai", "executors", "during_collect"),
+    ("openai", "driver", "during_collect"),
+    ("anthropic", "executors", "after_create"),
+    ("anthropic", "driver", "during_collect"),
+}
 """The cases of the matrix the default suite runs; the others are ``slow``."""
 
 CRASH_MATRIX = [
     pytest.param(
+        provider,
         transport,
         failpoint,
-        id=f"{transport}-{failpoint}",
-        marks=() if (transport, failpoint) in DEFAULT_CASES else pytest.mark.slow,
+        id=f"{provider}-{transport}-{failpoint}",
+        marks=() if (provider, transport, failpoint) in DEFAULT_CASES else pytest.mark.slow,
     )
+    for provider in ("openai", "anthropic")
     for transport in ("executors", "driver")
     for failpoint in FAILPOINTS
+    if not (provider == "anthropic" and failpoint == "after_upload")  # inline: no upload
 ]
 
 
-@pytest.mark.parametrize(("transport", "failpoint"), CRASH_MATRIX)
+@pytest.mark.parametrize(("provider", "transport", "failpoint"), CRASH_MATRIX)
 def test_killed_at_a_failpoint_then_resumed_pays_once(
-    make_job: Callable[..., Job], transport: str, failpoint: str
+    make_job: Callable[..., Job], provider: str, transport: str, failpoint: str
 ) -> None:
     """A job SIGKILLed at ``failpoint`` is completed by a plain re-run, every request billed once.
 
@@ -323,12 +361,13 @@ def test_killed_at_a_failpoint_then_resumed_pays_once(
     again), batches polled but not recorded are re-attached, and a half-finished collection is
     collected again idempotently.
     """
-    job = make_job(LONG_PROCESSING if failpoint == "while_polling" else PROCESSING, transport)
+    processing = LONG_PROCESSING if failpoint == "while_polling" else PROCESSING
+    job = make_job(processing, transport, provider)
     crashed_log = job.root / f"crashed-{failpoint}.log"
     rc = _run(job, crashed_log, failpoint=failpoint)
     _assert_killed(rc, crashed_log, f"at failpoint {failpoint}")
     assert not job.result.exists()
-    _check_where_it_died(failpoint, job.emu, crashed_log)
+    _check_where_it_died(job, failpoint, crashed_log)
 
     rerun_log = job.root / "rerun.log"
     _assert_resumed_completely(job, rerun_log, _run(job, rerun_log))
@@ -379,6 +418,35 @@ def test_killed_from_outside_while_polling_then_resumed_pays_once(
         ) from None
 
 
+def kill_after_every_create(job: Job) -> int:
+    """Run ``job`` with the ``after_create`` failpoint until a run no longer dies (it had no
+    batch left to create); how many runs were killed. Each run resumes the one before it."""
+    killed = 0
+    while True:
+        log = job.root / f"run-{killed}.log"
+        rc = _run(job, log, failpoint="after_create")
+        if rc == 0:
+            return killed
+        _assert_killed(rc, log, f"after create (run {killed})")
+        killed += 1
+        assert killed <= MAX_BATCHES, f"{killed} creates for at most {MAX_BATCHES} batches"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_killed_right_after_every_create_pays_once(
+    make_job: Callable[..., Job], provider: str
+) -> None:
+    """SIGKILL right after each create, every run resumed by the next: the one created batch a
+    crash leaves unrecorded is adopted each time (OpenAI: by key; Anthropic: by count and time)."""
+    job = make_job(PROCESSING, "executors", provider)
+    killed = kill_after_every_create(job)
+    created = len(_provider_batches(job.emu, provider))
+    # OpenAI creates a round of batches before the failpoint; Anthropic one batch per run.
+    assert killed == created if provider == "anthropic" else 1 <= killed <= created
+    _assert_resumed_completely(job, job.root / f"run-{killed}.log", 0)
+
+
 @pytest.mark.parametrize("our_clock_ahead", [0.0, 5.0])
 def test_a_batch_created_right_after_the_creating_commit_is_found_on_resume(
     fresh_emulator: Callable[..., Emulator], tmp_path: Path, our_clock_ahead: float
@@ -401,7 +469,7 @@ def test_a_batch_created_right_after_the_creating_commit_is_found_on_resume(
 
     emu = fresh_emulator(processing_seconds=PROCESSING, clock_speed=1.0)
     config = BatchConfig(
-        model=crash_job.MODEL,
+        model=crash_job.MODELS["openai"],
         store=str(tmp_path / "unused"),
         provider_settings=ProviderSettings(
             api_key=SecretStr(API_KEY), base_url=emu.openai_base_url, max_retries=0

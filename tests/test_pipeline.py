@@ -1,4 +1,8 @@
-"""End to end: DataFrame -> OpenAI batches on the emulator -> Delta output, exactly once."""
+"""End to end: DataFrame -> provider batches on the emulator -> Delta output, exactly once.
+
+Every test runs for each provider (``provider``: OpenAI's Batch API, Anthropic's Message Batches),
+through the real SDKs; the emulator's ledger checks that each request is billed once.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anthropic
 import openai
 import pytest
 
 from spark_llm_batch.config import BatchLimits
 from spark_llm_batch.emulator import _answers
-from tests.pipeline_helpers import MODEL, SYSTEM, billed_counts, pipeline_options
+from tests.pipeline_helpers import MODELS, SYSTEM, base_url, billed_counts, pipeline_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,8 +32,36 @@ if TYPE_CHECKING:
 API_KEY = "sk-test-secret-4f7a9c"
 
 
-def _options(emu: Emulator, store: Path, **extra: Any) -> dict[str, Any]:
-    return pipeline_options(emu, store, max_requests=40, api_key=API_KEY, **extra)
+@pytest.fixture(params=["openai", "anthropic"])
+def provider(request: pytest.FixtureRequest) -> str:
+    """The provider a pipeline test runs against."""
+    return str(request.param)
+
+
+@pytest.fixture
+def options(provider: str) -> Callable[..., dict[str, Any]]:
+    """``options(emu, store, **extra)``: ``llm_batch`` options for the test's provider."""
+
+    def make(emu: Emulator, store: Path, **extra: Any) -> dict[str, Any]:
+        return pipeline_options(
+            emu, store, max_requests=40, api_key=API_KEY, provider=provider, **extra
+        )
+
+    return make
+
+
+def _some_batch_expired(emu: Emulator, provider: str) -> bool:
+    """Whether the emulator holds a batch in which some request expired."""
+    url = base_url(emu, provider)
+    if provider == "openai":
+        client = openai.OpenAI(base_url=url, api_key="sk-test", max_retries=0)
+        return any(b.status == "expired" for b in client.batches.list())
+    claude = anthropic.Anthropic(base_url=url, api_key="sk-test", max_retries=0)
+    return any(b.request_counts.expired for b in claude.messages.batches.list())
+
+
+def _expected(provider: str, prompt: str) -> str:
+    return _answers.expected_text(prompt, model=MODELS[provider], system=SYSTEM)
 
 
 @pytest.fixture
@@ -37,7 +70,12 @@ def quick_emulator(fresh_emulator: Callable[..., Emulator]) -> Emulator:
 
 
 def test_every_row_gets_its_own_answer_billed_once(
-    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
 ) -> None:
     rows = [(i, f"Summarise item number {i}") for i in range(150)]
     df = spark.createDataFrame(rows, "id long, prompt string").repartition(7)
@@ -45,14 +83,14 @@ def test_every_row_gets_its_own_answer_billed_once(
     from pyspark.sql import functions as F
 
     with caplog.at_level(logging.DEBUG, logger="spark_llm_batch"):
-        out = df.llm_batch("prompt", id_col="id", **_options(quick_emulator, tmp_path / "store"))
+        out = df.llm_batch("prompt", id_col="id", **options(quick_emulator, tmp_path / "store"))
 
     got = {r["id"]: r for r in out.select("id", "prompt", "llm.*").collect()}
     assert len(got) == out.count() == 150
     for i, prompt in rows:
         row = got[i]
         assert row["status"] == "succeeded", row
-        assert row["text"] == _answers.expected_text(prompt, model=MODEL, system=SYSTEM)
+        assert row["text"] == _expected(provider, prompt)
         assert row["input_tokens"] > 0
         assert row["output_tokens"] > 0
         assert row["attempts"] == 1
@@ -76,11 +114,15 @@ def test_every_row_gets_its_own_answer_billed_once(
 
 
 def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
-    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
 ) -> None:
-    options = _options(quick_emulator, tmp_path / "store")
+    opts = options(quick_emulator, tmp_path / "store")
     first = spark.createDataFrame([(i, f"prompt {i}") for i in range(60)], "id long, prompt string")
-    out1 = first.llm_batch("prompt", **options)
+    out1 = first.llm_batch("prompt", **opts)
     answers1 = {r["id"]: r["text"] for r in out1.select("id", "llm.text").collect()}
     assert len(billed_counts(quick_emulator)) == 60
 
@@ -93,13 +135,13 @@ def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
         "batch_key STRING, hash STRING, attempt INT, nbytes BIGINT, line STRING, staged_at TIMESTAMP",
     ).write.format("delta").mode("append").save(chunks)
 
-    out2 = first.llm_batch("prompt", **options)
+    out2 = first.llm_batch("prompt", **opts)
     assert {r["id"]: r["text"] for r in out2.select("id", "llm.text").collect()} == answers1
     assert len(quick_emulator.ledger()) == 60
     assert spark.read.format("delta").load(chunks).where(f"batch_key = '{orphan}'").count() == 0
 
     grown = spark.createDataFrame([(i, f"prompt {i}") for i in range(75)], "id long, prompt string")
-    out3 = grown.llm_batch("prompt", **options)
+    out3 = grown.llm_batch("prompt", **opts)
     assert out3.count() == 75
     billed = billed_counts(quick_emulator)
     assert len(billed) == 75
@@ -107,7 +149,11 @@ def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
 
 
 def test_duplicates_bad_prompts_and_faults_are_rows_not_crashes(
-    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
 ) -> None:
     rows = [
         (1, "same prompt"),
@@ -120,8 +166,8 @@ def test_duplicates_bad_prompts_and_faults_are_rows_not_crashes(
         (8, "fine"),
     ]
     df = spark.createDataFrame(rows, "id long, prompt string")
-    options = _options(quick_emulator, tmp_path / "store", limits=BatchLimits(max_bytes=4000))
-    out = {r["id"]: r for r in df.llm_batch("prompt", **options).select("id", "llm.*").collect()}
+    opts = options(quick_emulator, tmp_path / "store", limits=BatchLimits(max_bytes=4000))
+    out = {r["id"]: r for r in df.llm_batch("prompt", **opts).select("id", "llm.*").collect()}
 
     assert len(out) == 8
     assert out[1]["text"] == out[2]["text"] is not None
@@ -142,19 +188,25 @@ def test_duplicates_bad_prompts_and_faults_are_rows_not_crashes(
 
 
 def test_transient_failures_are_retried_in_new_batches_until_answered(
-    spark: SparkSession, fresh_emulator: Callable[..., Emulator], tmp_path: Path
+    spark: SparkSession,
+    fresh_emulator: Callable[..., Emulator],
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
 ) -> None:
     from spark_llm_batch.emulator import Fault
 
-    rates = {Fault.RATE_LIMITED: 0.25, Fault.SERVER_ERROR: 0.1}
+    rates = {Fault.RATE_LIMITED: 0.15, Fault.SERVER_ERROR: 0.05}
     emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0, request_fault_rates=rates)
     rows = [(i, f"classify {i}") for i in range(80)]
     df = spark.createDataFrame(rows, "id long, prompt string")
 
-    # Draws are seeded per batch and request: enough attempts make "until answered" certain here.
+    # Draws are seeded per batch (its creation order) and request, so which rows fail depends on
+    # the order the batches are created in; at 20 % a row fails 8 attempts in a row with odds of
+    # 3e-6 (2e-4 per run of 80 rows): "until answered" holds whatever that order.
     retry = {"rate_limited": 8, "server_error": 8}
-    options = _options(emu, tmp_path / "s", retry=retry)
-    out = {r["id"]: r for r in df.llm_batch("prompt", **options).collect()}
+    opts = options(emu, tmp_path / "s", retry=retry)
+    out = {r["id"]: r for r in df.llm_batch("prompt", **opts).collect()}
 
     assert len(out) == 80
     assert {r["llm"]["status"] for r in out.values()} == {"succeeded"}
@@ -162,14 +214,18 @@ def test_transient_failures_are_retried_in_new_batches_until_answered(
     assert attempts[1] < 80  # some rows needed a second (or later) batch
     assert max(attempts) >= 2
     for i, prompt in rows:
-        assert out[i]["llm"]["text"] == _answers.expected_text(prompt, model=MODEL, system=SYSTEM)
+        assert out[i]["llm"]["text"] == _expected(provider, prompt)
     billed = billed_counts(emu)
     assert len(billed) == 80
     assert set(billed.values()) == {1}
 
 
 def test_expired_batch_keeps_its_answers_and_retries_the_rest(
-    spark: SparkSession, fresh_emulator: Callable[..., Emulator], tmp_path: Path
+    spark: SparkSession,
+    fresh_emulator: Callable[..., Emulator],
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
 ) -> None:
     # Each batch needs 10 simulated seconds but expires after 4: the first batch expires with
     # part of its requests answered; once it has, the window is relaxed for the retries.
@@ -180,16 +236,15 @@ def test_expired_batch_keeps_its_answers_and_retries_the_rest(
     stop = threading.Event()
 
     def relax_window_once_a_batch_expired() -> None:
-        client = openai.OpenAI(base_url=emu.openai_base_url, api_key="sk-test", max_retries=0)
         while not stop.wait(0.05):
-            if any(b.status == "expired" for b in client.batches.list()):
+            if _some_batch_expired(emu, provider):
                 emu.configure(completion_window_seconds=86400.0)
                 return
 
     watcher = threading.Thread(target=relax_window_once_a_batch_expired, daemon=True)
     watcher.start()
     try:
-        out = df.llm_batch("prompt", **_options(emu, tmp_path / "s"))
+        out = df.llm_batch("prompt", **options(emu, tmp_path / "s"))
     finally:
         stop.set()
         watcher.join()
@@ -205,40 +260,54 @@ def test_expired_batch_keeps_its_answers_and_retries_the_rest(
 
 
 def test_the_driver_transport_answers_every_row_once_and_reruns_for_free(
-    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
 ) -> None:
     rows = [(i, f"Drive item {i}") for i in range(90)]
     df = spark.createDataFrame(rows, "id long, prompt string").repartition(3)
-    options = _options(quick_emulator, tmp_path / "store", transport="driver")
+    opts = options(quick_emulator, tmp_path / "store", transport="driver")
     with caplog.at_level(logging.INFO, logger="spark_llm_batch"):
-        out = df.llm_batch("prompt", id_col="id", **options)
+        out = df.llm_batch("prompt", id_col="id", **opts)
     got = {r["id"]: r for r in out.select("id", "llm.*").collect()}
     assert len(got) == 90
     for i, prompt in rows:
         assert got[i]["status"] == "succeeded", got[i]
-        assert got[i]["text"] == _answers.expected_text(prompt, model=MODEL, system=SYSTEM)
+        assert got[i]["text"] == _expected(provider, prompt)
     billed = billed_counts(quick_emulator)
     assert len(billed) == 90
     assert set(billed.values()) == {1}
     # What the driver downloaded was staged in the store, then dropped once merged.
     assert spark.read.format("delta").load(str(tmp_path / "store" / "downloads")).count() == 0
-    again = df.llm_batch("prompt", id_col="id", **options)
+    again = df.llm_batch("prompt", id_col="id", **opts)
     assert again.count() == 90
     assert len(quick_emulator.ledger()) == 90
 
 
 def test_auto_transport_says_which_it_took(
-    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
 ) -> None:
     df = spark.createDataFrame([(i, f"auto {i}") for i in range(5)], "id long, prompt string")
     with caplog.at_level(logging.INFO, logger="spark_llm_batch"):
-        df.llm_batch("prompt", **_options(quick_emulator, tmp_path / "store"))
+        df.llm_batch("prompt", **options(quick_emulator, tmp_path / "store"))
     # Local executors reach the emulator on 127.0.0.1; tests/cluster_cases.py covers the other way.
     assert "transport: executors (executors can reach 127.0.0.1:" in caplog.text
 
 
 def test_retry_failed_sends_stored_failures_again(
-    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
 ) -> None:
     rows = [
         (1, "fine"),
@@ -246,10 +315,10 @@ def test_retry_failed_sends_stored_failures_again(
         (3, "bad [[emulator:invalid_request]]"),
     ]
     df = spark.createDataFrame(rows, "id long, prompt string")
-    options = _options(quick_emulator, tmp_path / "store")
+    opts = options(quick_emulator, tmp_path / "store")
 
     def run(**extra: Any) -> dict[int, Any]:
-        return {r["id"]: r["llm"] for r in df.llm_batch("prompt", **options, **extra).collect()}
+        return {r["id"]: r["llm"] for r in df.llm_batch("prompt", **opts, **extra).collect()}
 
     first = run()
     assert (first[2]["error_class"], first[3]["error_class"]) == ("refused", "invalid_request")
@@ -268,13 +337,17 @@ def test_retry_failed_sends_stored_failures_again(
 
 
 def test_two_inputs_with_the_same_options_get_two_outputs(
-    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
 ) -> None:
-    options = _options(quick_emulator, tmp_path / "store")
+    opts = options(quick_emulator, tmp_path / "store")
     a = spark.createDataFrame([(1, "alpha")], "id long, prompt string")
     b = spark.createDataFrame([(1, "beta"), (2, "gamma")], "id long, prompt string")
-    out_a = a.llm_batch("prompt", **options)
-    out_b = b.llm_batch("prompt", **options)
+    out_a = a.llm_batch("prompt", **opts)
+    out_b = b.llm_batch("prompt", **opts)
     assert [r["prompt"] for r in out_a.collect()] == ["alpha"]  # not overwritten by b's run
     assert sorted(r["prompt"] for r in out_b.collect()) == ["beta", "gamma"]
 
@@ -282,5 +355,5 @@ def test_two_inputs_with_the_same_options_get_two_outputs(
     def folders(frame: Any) -> set[str]:
         return {f.rsplit("/", 1)[0] for f in frame.inputFiles()}
 
-    assert folders(a.llm_batch("prompt", **options)) == folders(out_a)
+    assert folders(a.llm_batch("prompt", **opts)) == folders(out_a)
     assert folders(out_a) != folders(out_b)
