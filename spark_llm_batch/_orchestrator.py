@@ -338,9 +338,15 @@ class Orchestrator(EndedPhase):
         ``creating`` (its intent is committed right before its create, so a crash leaves at most
         one chunk whose batch ``find`` must recognise by count and time)."""
         slots = self._cap - len(self._in_state(Phase.CREATING, Phase.SUBMITTED))
-        if self.provider.requests_inline and not self.provider.tags_batches:
+        if self._one_at_a_time:
             slots = 0 if self._in_state(Phase.CREATING) else min(slots, 1)
         return max(slots, 0)
+
+    @property
+    def _one_at_a_time(self) -> bool:
+        """Whether batches are created one by one, each committed before the next starts: the
+        lines travel in the create call and the batch cannot carry our key."""
+        return self.provider.requests_inline and not self.provider.tags_batches
 
     def _uploaded(
         self, record: BatchRecord, outcome: UploadOutcome, events: list[BatchRecord]
@@ -390,7 +396,7 @@ class Orchestrator(EndedPhase):
                     continue
             to_create.append(record)
         self._commit(events)
-        one_by_one = self.provider.requests_inline and not self.provider.tags_batches
+        one_by_one = self._one_at_a_time
         for group in [[r] for r in to_create] if one_by_one else [to_create] if to_create else []:
             created = [e for r, o in zip(group, self._create(group), strict=True)
                        if (e := self._created(r, o)) is not None]  # fmt: skip
