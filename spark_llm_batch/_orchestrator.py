@@ -26,8 +26,9 @@ Where requests travel inline (``provider.requests_inline``, Anthropic) there is 
 (``provider.create_inline``) → ``submitted``. A provider whose batches cannot carry our key
 (``provider.tags_batches`` false) starts one chunk at a time and commits right after each create,
 so that a crash leaves at most one batch unrecorded, which ``find`` recognises by request count
-and creation time among the batches no store records (several candidates: neither adopted nor
-created again, looked up later).
+and creation time among the batches no store records; several candidates are told apart by their
+first result's ``custom_id`` once they have ended (:mod:`spark_llm_batch._reconcile`), and until
+then none is adopted or created again (looked up later).
 
 A batch the provider ``failed`` as a whole: with ``token_limit_exceeded`` (queue full) its members are
 copied to a new key, then one append records the old one ``abandoned`` and the new one ``uploaded``
@@ -58,6 +59,7 @@ from spark_llm_batch import _failpoints
 from spark_llm_batch._leases import Leases, died_here
 from spark_llm_batch._orchestrator_ended import EndedPhase, RestageFn
 from spark_llm_batch._progress import RunSummary, summarize
+from spark_llm_batch._reconcile import tell_apart
 from spark_llm_batch._store_tables import BatchRecord, Phase
 from spark_llm_batch._transport import (
     ChunkMissing,
@@ -440,8 +442,7 @@ class Orchestrator(EndedPhase):
         candidates), ``record`` is held and looked up again later: never created meanwhile.
         """
         try:
-            # Our clock at the ``creating`` commit: the provider widens it by its own clock slack.
-            found = self.provider.find(record.chunk, record.updated_at, owned)
+            found = self._lookup(record, owned)
         except AuthenticationError:
             raise
         except (AmbiguousBatch, ProviderError) as exc:
@@ -455,6 +456,15 @@ class Orchestrator(EndedPhase):
         log.info("batch %s: found %s at the provider, adopted (not created again)",
                  record.key, found.batch_id)  # fmt: skip
         return True, self._submitted(record, found)
+
+    def _lookup(self, record: BatchRecord, owned: frozenset[str]) -> ProviderBatch | None:
+        """``provider.find``; several candidates are told apart by their results' ids."""
+        try:
+            # Our clock at the ``creating`` commit: the provider widens it by its own clock slack.
+            return self.provider.find(record.chunk, record.updated_at, owned)
+        except AmbiguousBatch as exc:
+            hashes = self.store.members_of([record.key]).select("hash").collect()
+            return tell_apart(self.provider, exc.candidates, (row["hash"] for row in hashes))
 
     def _submitted(self, record: BatchRecord, batch: ProviderBatch) -> BatchRecord:
         self._reconcile.discard(record.key)

@@ -1,7 +1,8 @@
 """A small bounded retry loop for control-plane calls (upload, create, list, retrieve, cancel).
 
-The SDKs already retry a couple of times; this loop sits on top so a provider that is overloaded
-for a minute does not fail a job that has hours of batches in flight. It retries
+It is the one retry layer of provider calls: the SDK clients are built with ``max_retries=0``, so
+tries never multiply (5 SDK tries under 4 of ours would be 20 calls). It keeps a provider that is
+overloaded for a minute from failing a job that has hours of batches in flight, and it retries
 :class:`~spark_llm_batch.errors.ProviderError` with status 408, 409, 429, 5xx or no status
 (connection failures), honours the provider's ``retry-after`` (capped), and never retries
 :class:`~spark_llm_batch.errors.AuthenticationError`.

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 from spark_llm_batch._arrow_rows import ROWS_PER_BATCH, no_cyclic_gc, rows_batch
 from spark_llm_batch._store_tables import RESULT_FIELDS
 from spark_llm_batch.errors import AuthenticationError, ProviderError, StoreError
-from spark_llm_batch.providers.base import ProviderBatch
+from spark_llm_batch.providers.base import ChunkMissing, ProviderBatch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -76,10 +76,6 @@ UPLOAD_THREADS = 4
 """Chunks uploaded at once (concurrent Spark jobs, or concurrent driver streams)."""
 
 _PROBE_TIMEOUT = 5.0
-
-
-class ChunkMissing(Exception):
-    """The store holds no lines for a chunk (swept, or lost): there is nothing to upload."""
 
 
 UploadOutcome: TypeAlias = "str | BaseException"

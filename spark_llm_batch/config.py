@@ -101,7 +101,13 @@ class ProviderSettings(_Strict):
     )
     timeout_seconds: float = Field(default=600.0, gt=0, description="HTTP timeout of one call.")
     max_retries: int = Field(
-        default=5, ge=0, description="SDK-level retries of one control-plane call."
+        default=5,
+        ge=0,
+        description=(
+            "Retries of one failed control-plane call (list, retrieve, cancel, results download; "
+            "a create only after looking it up), with backoff and the provider's Retry-After. "
+            "Ours is the only retry loop: the SDK clients' own retries are off."
+        ),
     )
 
     def resolved(self, provider: str) -> ProviderSettings:

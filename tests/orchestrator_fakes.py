@@ -229,7 +229,10 @@ class InlineFakeProvider(FakeProvider):
             and batch_id not in owned
         ]
         if len(matches) > 1:
-            raise AmbiguousBatch(f"batches {matches} each hold {chunk.requests} requests")
+            raise AmbiguousBatch(
+                f"batches {matches} each hold {chunk.requests} requests",
+                candidates=[self._view(m) for m in matches],
+            )
         return self._view(matches[0]) if matches else None
 
 

@@ -246,6 +246,59 @@ def test_inline_lookup_that_cannot_tell_batches_apart_neither_adopts_nor_creates
     assert record.batch_id is None
 
 
+# Unresolved candidates hold the chunk until the run times out: bound it, so that such a run fails.
+_BOUNDED = PollPolicy(initial_seconds=0.01, max_seconds=0.05, timeout_seconds=30.0)
+
+
+def _foreign_batch(fake: InlineFakeProvider, name: str, n: int, *, ended: bool) -> None:
+    """A batch of ``n`` requests that no store records and whose requests are no chunk's of ours
+    (another job's, created in the same minutes)."""
+    lines = [
+        json.dumps({"custom_id": f"{name}{i:028x}", "prompt": f"theirs {i}"}) for i in range(n)
+    ]
+    fake.batches[f"batch_{name}"] = {
+        "key": name, "lines": lines, "n": n, "polls": 0, "outcome": "completed",
+        "created_at": time.time(), "to_end": 0 if ended else 1,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("ended", ["theirs", "ours", "both"])
+def test_inline_candidates_are_told_apart_by_their_results_ids(
+    spark: SparkSession, tmp_path: Path, ended: str
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=3, per_chunk=3)
+    fake = InlineFakeProvider.build(crash_after_create=True)
+    with pytest.raises(Crash):
+        _run(spark, store, fake, tmp_path)
+    (ours,) = fake.batches
+    fake.batches[ours]["to_end"] = 0 if ended in ("ours", "both") else 1
+    _foreign_batch(fake, "theirs", 3, ended=ended in ("theirs", "both"))
+    fake.crash_after_create = False
+    summary = _run(spark, store, fake, tmp_path, poll=_BOUNDED)
+    # The ended one's first result says whose it is: ours is adopted, never created again.
+    assert (summary.adopted, summary.created) == (1, 0)
+    assert len(fake.creates) == 1
+    (record,) = store.current_batches(provider="fake", include_terminal=True)
+    assert record.batch_id == ours
+    _assert_all_answered(store, rows)
+
+
+def test_inline_candidates_that_all_hold_other_requests_mean_the_create_never_arrived(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=3, per_chunk=3)
+    (staged,) = store.current_batches(provider="fake")
+    fake = InlineFakeProvider.build()
+    for name in ("thea", "theb"):
+        _foreign_batch(fake, name, 3, ended=True)
+    store.append_batches([staged.to(Phase.CREATING)])  # a crash before the create arrived
+    summary = _run(spark, store, fake, tmp_path, poll=_BOUNDED)
+    assert (summary.adopted, summary.created) == (0, 1)
+    (record,) = store.current_batches(provider="fake", include_terminal=True)
+    assert record.batch_id not in ("batch_thea", "batch_theb")
+    _assert_all_answered(store, rows)
+
+
 def test_a_crash_after_the_merge_is_collected_again_and_the_merge_adds_nothing(
     spark: SparkSession, tmp_path: Path
 ) -> None:

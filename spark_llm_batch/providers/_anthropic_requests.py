@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from spark_llm_batch.config import BatchConfig
 from spark_llm_batch.errors import ConfigError
-from spark_llm_batch.providers.base import ChunkRef
+from spark_llm_batch.providers.base import ChunkMissing, ChunkRef
 
 __all__ = ["CreateBody", "forced_tool", "messages_params"]
 
@@ -100,9 +100,9 @@ class CreateBody:
             yield (held + block[:-1]).replace(b"\n", b",")
             held = block[-1:]
         if held != b"\n":
-            raise ValueError(f"chunk {self.chunk.key} does not end with a newline")
+            raise ChunkMissing(f"chunk {self.chunk.key} does not end with a newline")
         if lines != self.chunk.requests:
-            raise ValueError(
+            raise ChunkMissing(
                 f"chunk {self.chunk.key} streamed {lines} lines, {self.chunk.requests} were staged"
             )
         yield _TAIL

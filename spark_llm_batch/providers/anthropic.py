@@ -38,7 +38,6 @@ from datetime import datetime
 from itertools import starmap
 from typing import Any, BinaryIO, ClassVar, TypeVar
 
-from spark_llm_batch._retry import RetrySettings, call_with_retry
 from spark_llm_batch.config import AnthropicOptions, BatchConfig
 from spark_llm_batch.errors import ConfigError, ProviderError
 from spark_llm_batch.providers._anthropic_requests import CreateBody, messages_params
@@ -86,12 +85,12 @@ class AnthropicProvider(Provider):
     """Anthropic's Message Batches API (and compatible servers, via ``settings.base_url``).
 
     The SDK client never retries (``max_retries=0``): control-plane calls go through our own
-    loop, which caps ``retry-after`` (the Anthropic SDK does not), and the create is one try.
+    loop (:attr:`Provider.retry`), which caps ``retry-after`` (the Anthropic SDK does not), and
+    the create is one try.
 
     Attributes:
         settings: resolved credentials, base URL, timeout and retries (``max_retries`` sizes our
             retry loop when ``retry`` is not given).
-        retry: bounds of the control-plane retry loop; default ``max_retries + 1`` attempts.
         not_found_delays: waits between the tries of a retrieve that answers 404.
     """
 
@@ -102,12 +101,7 @@ class AnthropicProvider(Provider):
     requests_inline: ClassVar[bool] = True
     tags_batches: ClassVar[bool] = False
     custom_id_pattern: ClassVar[str] = r"^[a-zA-Z0-9_-]{1,64}$"
-    retry: RetrySettings | None = None
     not_found_delays: tuple[float, ...] = _NOT_FOUND_DELAYS
-
-    def __post_init__(self) -> None:
-        if self.retry is None:
-            self.retry = RetrySettings(attempts=self.settings.max_retries + 1)
 
     def endpoint(self, config: BatchConfig) -> str:
         """:data:`ENDPOINT`: every request is a Messages API call."""
@@ -178,8 +172,8 @@ class AnthropicProvider(Provider):
         a create that failed after Anthropic accepted it must not be repeated blindly.
 
         Raises:
-            ChunkMissing: (from the stream) the chunk holds fewer or more bytes than staged.
-            ValueError: the stream holds another number of lines, or does not end in a newline.
+            ChunkMissing: the chunk holds fewer or more bytes than staged, another number of
+                lines, or does not end in a newline.
             AuthenticationError: the key, its permissions or the account's billing were refused.
             ProviderError: Anthropic refused the batch (413: too many requests or bytes) or was
                 unreachable.
@@ -224,9 +218,11 @@ class AnthropicProvider(Provider):
         Anthropic batches carry no metadata, so this is a guess on request count and creation
         time (reaching :data:`_CLOCK_SLACK` seconds further back, for clock skew). What that
         guarantees: a batch recorded in the store is never adopted twice. When several unowned
-        batches match, none is taken and :class:`AmbiguousBatch` is raised: the orchestrator then
-        neither adopts nor creates, holds the chunk and looks again later. The ambiguity clears
-        on its own: another job's fresh batch becomes owned once that job commits it, and a crash
+        batches match, none is taken and :class:`AmbiguousBatch` is raised with them: the
+        orchestrator tells them apart by their results' ``custom_id`` once they have ended, and
+        until then neither adopts nor creates, holds the chunk and looks again later. The
+        ambiguity also clears on its own: another job's fresh batch becomes owned once that job
+        commits it, and a crash
         leaves at most one created batch per job unrecorded, because for providers that cannot
         tag batches the orchestrator creates one batch at a time and commits after each. When
         exactly one matches but it was created by someone else with the same size (another job
@@ -256,7 +252,8 @@ class AnthropicProvider(Provider):
             raise AmbiguousBatch(
                 f"cannot tell which of batches {', '.join(str(b.id) for b in matches)} (each "
                 f"{chunk.requests} requests, none recorded in the store) is chunk {chunk.key}'s: "
-                "adopting none, creating none"
+                "adopting none, creating none",
+                candidates=[normalise_batch(b) for b in matches],
             )
         if not matches:
             return None
@@ -323,10 +320,6 @@ class AnthropicProvider(Provider):
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         with _translated(what):
             return fn()
-
-    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        settings = self.retry or RetrySettings()
-        return call_with_retry(lambda: self._call(what, fn), settings=settings, what=what)
 
 
 def normalise_batch(batch: Any) -> ProviderBatch:

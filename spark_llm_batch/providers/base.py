@@ -34,18 +34,20 @@ import base64
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, BinaryIO, ClassVar, TypeAlias
+from typing import Any, BinaryIO, ClassVar, TypeAlias, TypeVar
 
 from pydantic import SecretStr
 
+from spark_llm_batch._retry import RetrySettings, call_with_retry
 from spark_llm_batch.config import BatchConfig, ProviderSettings
 
 __all__ = [
     "AmbiguousBatch",
     "BatchState",
+    "ChunkMissing",
     "ChunkRef",
     "Provider",
     "ProviderBatch",
@@ -56,6 +58,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Keys pickled to executors are obscured (not encrypted) so that dumps and secret scanners never
 # see them in plain text; anyone holding the pickle can still recover the key, as they must.
@@ -87,7 +90,23 @@ class BatchState(str, enum.Enum):
 
 class AmbiguousBatch(Exception):
     """:meth:`Provider.find` saw more than one batch that could be the chunk's, and cannot tell
-    which: creating again could pay twice, adopting the wrong one would drop its results."""
+    which: creating again could pay twice, adopting the wrong one would drop its results.
+
+    Attributes:
+        candidates: the batches that matched (the orchestrator tells them apart by the
+            ``custom_id`` of their results, once they have results:
+            :func:`spark_llm_batch._reconcile.tell_apart`).
+    """
+
+    def __init__(self, message: str, candidates: Sequence[ProviderBatch] = ()) -> None:
+        super().__init__(message)
+        self.candidates = tuple(candidates)
+
+
+class ChunkMissing(Exception):
+    """The store holds no lines for a chunk (swept, or lost), or not the lines that were staged
+    (another size, another number of lines): there is nothing sound to send. The orchestrator
+    abandons the batch, and its requests fall back to pending (staged again by the next run)."""
 
 
 @dataclass(frozen=True)
@@ -223,7 +242,15 @@ class Provider(ABC):
     expired or were cancelled before they ran are not billed."""
     custom_id_pattern: ClassVar[str] = r"^[A-Za-z0-9_-]{1,64}$"
     """What a request's ``custom_id`` (our request hash) must match."""
+    retry: RetrySettings | None = None
+    """Bounds of the one retry loop of control-plane calls (:meth:`_retrying`); default
+    ``settings.max_retries + 1`` attempts. SDK clients are built with their own retries off, so
+    that the two never stack."""
     _client: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.retry is None:
+            self.retry = RetrySettings(attempts=self.settings.max_retries + 1)
 
     def __getstate__(self) -> dict[str, Any]:
         """What a pickle holds: no SDK client, and the API key obscured, never in plain text.
@@ -357,6 +384,18 @@ class Provider(ABC):
 
     def cleanup(self, input_ref: str | None) -> None:  # noqa: B027 - optional hook
         """Delete provider-side input that is no longer needed (best effort)."""
+
+    # ---- helpers ----------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` once; providers translate their SDK's errors into :mod:`spark_llm_batch.errors`
+        here (what the retry loop and the orchestrator understand)."""
+        return fn()
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` through :meth:`_call`, transient failures retried within :attr:`retry`."""
+        settings = self.retry or RetrySettings()
+        return call_with_retry(lambda: self._call(what, fn), settings=settings, what=what)
 
 
 def parse_result_lines(

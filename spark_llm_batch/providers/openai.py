@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import starmap
 from typing import Any, BinaryIO, ClassVar, TypeVar
 
@@ -59,16 +59,19 @@ _CLOCK_SLACK = 600.0
 class OpenAIProvider(Provider):
     """OpenAI's Batch API (and compatible servers, via ``settings.base_url``).
 
+    The SDK client never retries (``max_retries=0``): control-plane calls go through our own
+    loop (:attr:`Provider.retry`); the upload is one try (its stream cannot be rewound), and a
+    create is tried again only after looking the batch up by its key.
+
     Attributes:
-        settings: resolved credentials, base URL, timeout and SDK retries.
-        retry: bounds of our own control-plane retry loop, on top of the SDK's retries.
+        settings: resolved credentials, base URL, timeout and retries (``max_retries`` sizes our
+            retry loop when ``retry`` is not given).
     """
 
     name: ClassVar[str] = "openai"
     default_max_requests: ClassVar[int] = 50_000
     default_max_bytes: ClassVar[int] = 200 * 1024 * 1024
     default_base_url: ClassVar[str] = "https://api.openai.com/v1"
-    retry: RetrySettings = field(default_factory=RetrySettings)
 
     def endpoint(self, config: BatchConfig) -> str:
         """``config.openai.endpoint``: every line's ``url`` and the batch's ``endpoint``."""
@@ -137,7 +140,7 @@ class OpenAIProvider(Provider):
         One try, SDK retries off: the stream cannot be rewound, so a failed upload is retried by
         the orchestrator with a fresh stream (an upload that failed is never billed).
         """
-        client = self._sdk().with_options(max_retries=0)
+        client = self._sdk()
         what = f"uploading chunk {chunk.key}"
         upload = (f"{chunk.key}.jsonl", content, "application/jsonl")
         file = self._call(what, lambda: client.files.create(file=upload, purpose="batch"))
@@ -158,7 +161,7 @@ class OpenAIProvider(Provider):
         """
         if not input_ref:
             raise ValueError(f"chunk {chunk.key} has no uploaded file id: upload it before create")
-        client = self._sdk().with_options(max_retries=0)
+        client = self._sdk()
         metadata = {KEY_FIELD: chunk.key, ATTEMPT_FIELD: str(chunk.attempt)}
         started = time.time()
         what = f"creating batch for chunk {chunk.key}"
@@ -174,7 +177,7 @@ class OpenAIProvider(Provider):
 
         batch = call_with_retry(
             lambda: self._call(what, attempt),
-            settings=self.retry,
+            settings=self.retry or RetrySettings(),
             what=what,
             before_retry=lambda: self.find(chunk, started),
         )
@@ -248,7 +251,7 @@ class OpenAIProvider(Provider):
                     api_key=key.get_secret_value() if key is not None else None,
                     base_url=self.settings.base_url,
                     timeout=self.settings.timeout_seconds,
-                    max_retries=self.settings.max_retries,
+                    max_retries=0,  # one retry loop: ours (Provider.retry)
                 )
             except openai.OpenAIError as exc:
                 raise ConfigError(
@@ -260,9 +263,6 @@ class OpenAIProvider(Provider):
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         with _translated(what):
             return fn()
-
-    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        return call_with_retry(lambda: self._call(what, fn), settings=self.retry, what=what)
 
 
 def response_format(schema: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,9 @@ from pydantic import SecretStr
 
 from spark_llm_batch import _columns as C
 from spark_llm_batch._encode import encode_requests, request_hash
+from spark_llm_batch._reconcile import tell_apart
 from spark_llm_batch._retry import RetrySettings
-from spark_llm_batch._transport import ChunkMissing, LineStream
+from spark_llm_batch._transport import ChunkMissing, LineStream, _send_stream
 from spark_llm_batch.config import BatchConfig, ProviderSettings
 from spark_llm_batch.emulator import Emulator, marker
 from spark_llm_batch.emulator._answers import REFUSAL_TEXT, expected_json, expected_text
@@ -411,11 +412,29 @@ def test_a_short_or_miscounted_stream_creates_nothing(still: Emulator) -> None:
     with pytest.raises(ChunkMissing, match=rf"holds {chunk.nbytes} bytes in the store, "):
         provider.create_inline(short, _stream(short), config)
     miscounted = ChunkRef(chunk.key, 3, chunk.nbytes, chunk.model)
-    with pytest.raises(ValueError, match="streamed 2 lines, 3 were staged"):
+    with pytest.raises(ChunkMissing, match="streamed 2 lines, 3 were staged"):
         provider.create_inline(miscounted, _stream(chunk), config)
     assert list(provider._sdk().messages.batches.list()) == []
     provider.create_inline(chunk, _stream(chunk), config)  # the full stream goes through
     assert len(list(provider._sdk().messages.batches.list())) == 1
+
+
+def test_a_chunk_the_store_holds_otherwise_than_staged_is_a_missing_chunk_not_a_crash(
+    still: Emulator,
+) -> None:
+    # The transport gives the outcome back as a value: the orchestrator abandons the batch and
+    # its requests fall back to pending, where any other exception would fail the run.
+    config = _config(still)
+    provider = _provider(config)
+    chunk = _chunk(provider, config, {"a" * 32: "hello", "b" * 32: "there"})
+    miscounted = ChunkRef(chunk.key, 3, chunk.nbytes, chunk.model)
+    outcome = _send_stream(provider, miscounted, iter([_CONTENT[chunk.key]]), config)
+    assert isinstance(outcome, ChunkMissing)
+    assert "streamed 2 lines, 3 were staged" in str(outcome)
+    unterminated = ChunkRef(chunk.key, 2, chunk.nbytes - 1, chunk.model)
+    outcome = _send_stream(provider, unterminated, iter([_CONTENT[chunk.key][:-1]]), config)
+    assert isinstance(outcome, ChunkMissing)
+    assert list(provider._sdk().messages.batches.list()) == []
 
 
 def test_too_many_requests_is_413(fresh_emulator: Callable[..., Emulator]) -> None:
@@ -463,10 +482,36 @@ def test_find_adopts_the_one_matching_batch(still: Emulator) -> None:
         provider.find(mine_chunk, not_before)
     for named in (mine.batch_id, twin.batch_id, "each 3 requests", mine_chunk.key):
         assert named in str(info.value)
+    assert {b.batch_id for b in info.value.candidates} == {mine.batch_id, twin.batch_id}
     found = provider.find(mine_chunk, not_before, owned=frozenset({twin.batch_id}))
     assert found is not None
     assert found.batch_id == mine.batch_id
     assert provider.find(mine_chunk, time.time() + 10 * 86400) is None  # stops at older batches
+
+
+def test_ambiguous_candidates_are_told_apart_by_their_results_once_ended(still: Emulator) -> None:
+    config = _config(still)
+    provider = _provider(config)
+    not_before = time.time()
+    mine_ids, twin_ids = _ids(3, "m"), _ids(3, "t")
+    mine_chunk = _chunk(provider, config, dict.fromkeys(mine_ids, "mine"))
+    mine = provider.create_inline(mine_chunk, _stream(mine_chunk), config)  # ...then a crash
+    twin = _submit(provider, config, dict.fromkeys(twin_ids, "twin"))  # another job's, same size
+    with pytest.raises(AmbiguousBatch) as info:
+        provider.find(mine_chunk, not_before)
+    # In progress, neither has results: still nothing to tell them apart by.
+    with pytest.raises(AmbiguousBatch, match="no results yet"):
+        tell_apart(provider, info.value.candidates, mine_ids)
+    _ended(provider, mine, still)
+    with pytest.raises(AmbiguousBatch) as info:
+        provider.find(mine_chunk, not_before)
+    found = tell_apart(provider, info.value.candidates, mine_ids)
+    assert found is not None
+    assert found.batch_id == mine.batch_id
+    found = tell_apart(provider, info.value.candidates, twin_ids)
+    assert found is not None
+    assert found.batch_id == twin.batch_id
+    assert tell_apart(provider, info.value.candidates, _ids(3, "x")) is None  # never arrived
 
 
 def test_find_pages_through_the_list(still: Emulator) -> None:

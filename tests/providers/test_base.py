@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import pickle
+import threading
 from typing import Any
 
 import pytest
@@ -59,3 +62,44 @@ def test_connection_error_has_no_status(name: str) -> None:
         provider.retrieve("batch_x")
     assert info.value.status is None
     assert KEY not in str(info.value)
+
+
+class _Busy(http.server.BaseHTTPRequestHandler):
+    """Answers every call 503 with a short Retry-After, and counts the calls."""
+
+    def do_GET(self) -> None:
+        self.server.calls += 1  # type: ignore[attr-defined]
+        data = json.dumps(
+            {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+        )
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_one_retry_layer_max_retries_plus_one_calls_in_all(name: str) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    server.calls = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base_url = f"http://127.0.0.1:{server.server_port}" + ("/v1" if name == "openai" else "")
+        settings = ProviderSettings(api_key=SecretStr(KEY), base_url=base_url, max_retries=3)
+        provider = provider_class(name)(settings)
+        assert provider.retry == RetrySettings(attempts=4)
+        provider.retry = RetrySettings(attempts=4, base_seconds=0.01, max_seconds=0.02)
+        with pytest.raises(ProviderError) as info:
+            provider.retrieve("batch_x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert info.value.status == 503
+    # The SDK's own retries are off: its tries never multiply ours (4 x 4 would be 16 calls).
+    assert server.calls == 4  # type: ignore[attr-defined]
