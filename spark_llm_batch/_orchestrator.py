@@ -458,13 +458,19 @@ class Orchestrator(EndedPhase):
         return True, self._submitted(record, found)
 
     def _lookup(self, record: BatchRecord, owned: frozenset[str]) -> ProviderBatch | None:
-        """``provider.find``; several candidates are told apart by their results' ids."""
+        """``provider.find``; where batches carry no key, what it matched on count and time is
+        checked against the ids of its results (:func:`tell_apart`)."""
         try:
             # Our clock at the ``creating`` commit: the provider widens it by its own clock slack.
-            return self.provider.find(record.chunk, record.updated_at, owned)
+            found = self.provider.find(record.chunk, record.updated_at, owned)
         except AmbiguousBatch as exc:
-            hashes = self.store.members_of([record.key]).select("hash").collect()
-            return tell_apart(self.provider, exc.candidates, (row["hash"] for row in hashes))
+            candidates = exc.candidates
+        else:
+            if found is None or self.provider.tags_batches:
+                return found
+            candidates = (found,)  # matched on count and time only: its results may say otherwise
+        hashes = self.store.members_of([record.key]).select("hash").collect()
+        return tell_apart(self.provider, candidates, (row["hash"] for row in hashes))
 
     def _submitted(self, record: BatchRecord, batch: ProviderBatch) -> BatchRecord:
         self._reconcile.discard(record.key)
@@ -473,7 +479,10 @@ class Orchestrator(EndedPhase):
 
     def _owned(self) -> frozenset[str]:
         """Every provider batch id the store records (any run, provider or model): never adopted
-        for another chunk."""
+        for another chunk. Where batches carry our key, none: a key names one chunk, so ``find``
+        cannot match another's batch (and the store is not read)."""
+        if self.provider.tags_batches:
+            return frozenset()
         stored = self.store.current_batches(include_terminal=True)
         return frozenset(r.batch_id for r in [*stored, *self._records.values()] if r.batch_id)
 

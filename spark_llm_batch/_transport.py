@@ -280,18 +280,16 @@ def _outcome_schema() -> pa.Schema:
 def _outcome_row(outcome: _Outcome) -> dict[str, Any]:
     """A send's outcome as a row a task can return (exceptions travel as data, not as task
     failures, so that the driver gets the provider's status and retry-after back)."""
+    row: dict[str, Any] = dict.fromkeys(("ref", "batch", "message", "status", "retry_after"))
     if isinstance(outcome, ProviderBatch):
-        return {"ref": None, "batch": outcome.to_json(), "kind": "ok", "message": None,
-                "status": None, "retry_after": None}  # fmt: skip
+        return {**row, "batch": outcome.to_json(), "kind": "ok"}
     if not isinstance(outcome, BaseException):
-        return {"ref": outcome, "batch": None, "kind": "ok", "message": None, "status": None,
-                "retry_after": None}  # fmt: skip
+        return {**row, "ref": outcome, "kind": "ok"}
     kind = "missing" if isinstance(outcome, ChunkMissing) else "provider"
     if isinstance(outcome, AuthenticationError):
         kind = "auth"
     return {
-        "ref": None,
-        "batch": None,
+        **row,
         "kind": kind,
         "message": str(outcome),
         "status": getattr(outcome, "status", None),

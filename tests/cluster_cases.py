@@ -211,16 +211,18 @@ def _local_snapshot(cluster: ClusterSpark, basetemp: Path) -> set[Path]:
     return files
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_pipeline_llm_batch_on_a_cluster_with_store_and_output_on_s3(
     open_cluster: ClusterSpark,
     s3_bucket: S3Bucket,
     fresh_emulator: Callable[..., Emulator],
     tmp_path_factory: pytest.TempPathFactory,
+    provider: str,
 ) -> None:
     import spark_llm_batch
     from spark_llm_batch.config import BatchLimits, PollPolicy
     from spark_llm_batch.emulator import _answers
-    from tests.pipeline_helpers import MODEL, billed_counts
+    from tests.pipeline_helpers import MODELS, base_url, billed_counts
 
     emu = fresh_emulator(
         processing_seconds=1.0, clock_speed=50.0
@@ -235,13 +237,13 @@ def test_pipeline_llm_batch_on_a_cluster_with_store_and_output_on_s3(
     out = spark_llm_batch.llm_batch(
         df,
         "prompt",
-        model=MODEL,
-        store=s3_bucket.uri("store"),
-        output=s3_bucket.uri("out"),
+        model=MODELS[provider],
+        store=s3_bucket.uri(f"store-{provider}"),
+        output=s3_bucket.uri(f"out-{provider}"),
         id_col="id",
         limits=BatchLimits(max_requests=40),
         poll=PollPolicy(initial_seconds=0.05, max_seconds=0.2, progress_seconds=1.0),
-        provider_settings={"api_key": "sk-test-emulator", "base_url": emu.openai_base_url},
+        provider_settings={"api_key": "sk-test-emulator", "base_url": base_url(emu, provider)},
     )
 
     got = {r["id"]: r for r in out.select("id", "prompt", "llm.*").collect()}
@@ -250,12 +252,14 @@ def test_pipeline_llm_batch_on_a_cluster_with_store_and_output_on_s3(
     )
     for i, prompt in rows:
         assert got[i]["status"] == "succeeded", got[i]
-        assert got[i]["text"] == _answers.expected_text(prompt, model=MODEL, system=None), got[i]
+        assert got[i]["text"] == _answers.expected_text(
+            prompt, model=MODELS[provider], system=None
+        ), got[i]
     billed = billed_counts(emu)
     assert len(billed) == PIPELINE_ROWS, billed
     assert set(billed.values()) == {1}, billed
-    assert s3_bucket.keys("store/")
-    assert s3_bucket.keys("out/_delta_log/")
+    assert s3_bucket.keys(f"store-{provider}/")
+    assert s3_bucket.keys(f"out-{provider}/_delta_log/")
     # One storage layer: nothing the library staged or stored landed on a local disk.
     new = _local_snapshot(open_cluster, basetemp) - before
     assert not sorted(str(path) for path in new if _holds_requests(path))
@@ -301,42 +305,44 @@ def test_tasks_cannot_reach_a_server_that_the_driver_reaches(
     assert isolated_cluster.driver_host != "127.0.0.1"
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_pipeline_auto_transport_finishes_when_tasks_cannot_reach_the_provider(
     isolated_cluster: ClusterSpark,
     fresh_emulator: Callable[..., Emulator],
     tmp_path_factory: pytest.TempPathFactory,
     caplog: pytest.LogCaptureFixture,
+    provider: str,
 ) -> None:
     import logging
 
     import spark_llm_batch
     from spark_llm_batch.config import BatchLimits, PollPolicy
     from spark_llm_batch.emulator import _answers
-    from tests.pipeline_helpers import MODEL, billed_counts
+    from tests.pipeline_helpers import MODELS, base_url, billed_counts
 
     emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0)  # 127.0.0.1: the driver only
     spark = isolated_cluster.spark
     rows = [(i, f"Summarise isolated item {i}") for i in range(PIPELINE_ROWS)]
     df = spark.createDataFrame(rows, "id long, prompt string").repartition(3)
     # The workers share this machine's disk (only their network is apart): a path store works.
-    store = tmp_path_factory.mktemp("noegress") / "store"
+    store = tmp_path_factory.mktemp(f"noegress-{provider}") / "store"
     with caplog.at_level(logging.INFO, logger="spark_llm_batch"):
         out = spark_llm_batch.llm_batch(
             df,
             "prompt",
-            model=MODEL,
+            model=MODELS[provider],
             store=str(store),
             id_col="id",
             limits=BatchLimits(max_requests=40),
             poll=PollPolicy(initial_seconds=0.05, max_seconds=0.2, progress_seconds=1.0),
-            provider_settings={"api_key": "sk-test-emulator", "base_url": emu.openai_base_url},
+            provider_settings={"api_key": "sk-test-emulator", "base_url": base_url(emu, provider)},
         )
     assert "transport: driver (executors cannot reach 127.0.0.1:" in caplog.text, caplog.text
     got = {r["id"]: r for r in out.select("id", "llm.*").collect()}
     assert len(got) == PIPELINE_ROWS
     for i, prompt in rows:
         assert got[i]["status"] == "succeeded", got[i]
-        assert got[i]["text"] == _answers.expected_text(prompt, model=MODEL, system=None)
+        assert got[i]["text"] == _answers.expected_text(prompt, model=MODELS[provider], system=None)
     billed = billed_counts(emu)
     assert len(billed) == PIPELINE_ROWS
     assert set(billed.values()) == {1}

@@ -26,7 +26,7 @@ import pytest
 
 import spark_llm_batch
 from spark_llm_batch.emulator import _answers
-from tests.pipeline_helpers import MODEL, SYSTEM, billed_counts, pipeline_options
+from tests.pipeline_helpers import MODELS, SYSTEM, billed_counts, pipeline_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,9 +55,9 @@ def server_dir() -> Iterator[str]:
         pytest.fail(f"the client wrote at the server-only location {path}: {found}")
 
 
-def _options(emu: Emulator, store: str) -> dict[str, Any]:
+def _options(emu: Emulator, store: str, provider: str) -> dict[str, Any]:
     # pipeline_helpers spells the store with str(); a Path here is only a way to pass the string.
-    return pipeline_options(emu, Path(store), max_requests=15)
+    return pipeline_options(emu, Path(store), max_requests=15, provider=provider)
 
 
 def test_dataframes_get_llm_batch_and_get_session_finds_the_connect_session(
@@ -116,12 +116,16 @@ def test_server_and_client_share_no_temporary_files(
     assert not os.path.lexists(server_dir)
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_llm_batch_on_connect_answers_every_row_once_and_reruns_for_free(
-    connect_spark: SparkSession, fresh_emulator: Callable[..., Emulator], server_dir: str
+    connect_spark: SparkSession,
+    fresh_emulator: Callable[..., Emulator],
+    server_dir: str,
+    provider: str,
 ) -> None:
     emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0)
     store = f"{server_dir}/store"
-    options = _options(emu, store)
+    options = _options(emu, store, provider)
     rows = [(i, f"Summarise item number {i}") for i in range(40)]
     df = connect_spark.createDataFrame(rows, "id long, prompt string").repartition(3)
 
@@ -131,7 +135,9 @@ def test_llm_batch_on_connect_answers_every_row_once_and_reruns_for_free(
     assert len(got) == out.count() == len(rows)
     for i, prompt in rows:
         assert got[i]["status"] == "succeeded", got[i]
-        assert got[i]["text"] == _answers.expected_text(prompt, model=MODEL, system=SYSTEM)
+        assert got[i]["text"] == _answers.expected_text(
+            prompt, model=MODELS[provider], system=SYSTEM
+        )
         assert got[i]["attempts"] == 1
     assert len({r["batch_id"] for r in got.values()}) >= 3  # 40 requests, 15 per batch
     billed = billed_counts(emu)

@@ -4,7 +4,8 @@ A process is one SparkContext or none (``tests/cluster_fixtures.py`` says why), 
 run the local ``spark`` fixture, so the cluster cases run in a pytest process of their own: the
 smoke cases (the infrastructure: S3 through Spark settings only, tasks in executors on both
 workers, no egress from tasks), the pipeline on the cluster with its store and output on S3, and
-the pipeline on workers without egress (``transport="auto"`` takes the driver). They need root and iproute2 (a network namespace); the first run downloads hadoop-aws and the
+the pipeline on workers without egress (``transport="auto"`` takes the driver), each for both
+providers. They need root and iproute2 (a network namespace); the first run downloads hadoop-aws and the
 AWS SDK bundle (~750 MB, into ``~/.ivy2.5.2``); later runs take ~2 minutes for the smoke cases.
 """
 
@@ -23,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 CASES = Path(__file__).resolve().with_name("cluster_cases.py")
 RUN_TIMEOUT = 1300.0  # the cases' own timeout is 1200 s each (a first start downloads jars)
 INTERRUPT_GRACE = 90.0  # after Ctrl-C the cases stop their clusters and remove the namespace
-CASE_COUNT = 6  # the smoke cases (4), the pipeline on S3 and the one without egress (2)
+CASE_COUNT = (
+    8  # the smoke cases (4), the pipeline on S3 and the one without egress (2 x 2 providers)
+)
 
 
 def _run_cases(selection: str) -> tuple[int, str]:

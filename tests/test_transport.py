@@ -24,7 +24,7 @@ from spark_llm_batch._transport import (
     _send_stream,
 )
 from spark_llm_batch.errors import AuthenticationError, ProviderError
-from spark_llm_batch.providers.base import ChunkRef
+from spark_llm_batch.providers.base import BatchState, ChunkRef, ProviderBatch
 from tests.orchestrator_fakes import stage_rows
 
 if TYPE_CHECKING:
@@ -81,6 +81,15 @@ def test_an_upload_gives_the_reference_or_its_failure_as_a_value() -> None:
     [
         "file-1",
         None,
+        ProviderBatch(
+            "msgbatch_1",
+            BatchState.COMPLETED,
+            total=3,
+            result_refs=("msgbatch_1",),
+            errors=(("code", "message"),),
+            created_at=1.5,
+            raw_status="ended",
+        ),
         ChunkMissing("gone"),
         ProviderError("OpenAI answered 503", status=503, retry_after=1.5),
         AuthenticationError("OpenAI answered 401: check OPENAI_API_KEY", status=401),

@@ -3,7 +3,9 @@
 Each job is ``tests/crash_job.py`` in its own process (its own JVM, as two ``spark-submit`` jobs
 would be), on overlapping inputs, with outputs of their own; one uses each transport. They race
 to create the store, then to stage (one stages the shared requests, the other finds them in
-flight and waits for their results). The emulator, in this process, bills each request once.
+flight and waits for their results). The emulator, in this process, bills each request once. It
+runs for both providers: Anthropic's batches carry no key, so each job creates one batch at a time
+and commits after each.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 
 from spark_llm_batch.emulator import _answers
 from tests import crash_job
-from tests.pipeline_helpers import billed_counts
+from tests.pipeline_helpers import base_url, billed_counts
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,13 +46,16 @@ def _input(root: Path, ids: range) -> Path:
     return folder
 
 
-def _start(root: Path, name: str, inputs: Path, emu: Emulator, transport: str) -> Any:
+def _start(
+    root: Path, name: str, inputs: Path, emu: Emulator, transport: str, provider: str
+) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
     env |= {"PYSPARK_PYTHON": sys.executable, crash_job.KEY_ENV: "sk-test-emulator"}
     argv = [
         sys.executable, crash_job.__file__, "--input", str(inputs), "--store", str(root / "store"),
         "--output", str(root / f"out-{name}"), "--result", str(root / f"{name}.json"),
-        "--base-url", emu.openai_base_url, "--max-requests", "15", "--transport", transport,
+        "--base-url", base_url(emu, provider), "--provider", provider, "--max-requests", "15",
+        "--transport", transport,
         # Neither job dies: no takeover to wait for. A long lease keeps a heartbeat whose Spark
         # job queues behind the other job's on a loaded machine from stopping its run.
         "--lease-seconds", "120",
@@ -60,14 +65,15 @@ def _start(root: Path, name: str, inputs: Path, emu: Emulator, transport: str) -
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_two_jobs_on_one_fresh_store_pay_once_and_both_complete(
-    fresh_emulator: Callable[..., Emulator], tmp_path: Path
+    fresh_emulator: Callable[..., Emulator], tmp_path: Path, provider: str
 ) -> None:
     emu = fresh_emulator(processing_seconds=3.0)  # real time: the second job finds them in flight
     a, b = range(0, 60), range(30, 90)  # 30 prompts in common
     jobs = {
-        "a": _start(tmp_path, "a", _input(tmp_path, a), emu, "executors"),
-        "b": _start(tmp_path, "b", _input(tmp_path, b), emu, "driver"),
+        "a": _start(tmp_path, "a", _input(tmp_path, a), emu, "executors", provider),
+        "b": _start(tmp_path, "b", _input(tmp_path, b), emu, "driver", provider),
     }
     for name, (proc, log) in jobs.items():
         try:
@@ -83,7 +89,7 @@ def test_two_jobs_on_one_fresh_store_pay_once_and_both_complete(
         for row in rows:
             assert row["llm"]["status"] == "succeeded", row
             assert row["llm"]["text"] == _answers.expected_text(
-                row["prompt"], model=crash_job.MODELS["openai"], system=crash_job.SYSTEM
+                row["prompt"], model=crash_job.MODELS[provider], system=crash_job.SYSTEM
             )
     billed = billed_counts(emu)
     assert len(billed) == 90  # the union of both inputs

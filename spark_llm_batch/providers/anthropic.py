@@ -224,11 +224,12 @@ class AnthropicProvider(Provider):
         ambiguity also clears on its own: another job's fresh batch becomes owned once that job
         commits it, and a crash
         leaves at most one created batch per job unrecorded, because for providers that cannot
-        tag batches the orchestrator creates one batch at a time and commits after each. When
-        exactly one matches but it was created by someone else with the same size (another job
-        that does not share the store) and our create never arrived, it is adopted: its results
-        hold none of this chunk's ids, so the chunk's requests come back ``missing`` and are sent
-        again.
+        tag batches the orchestrator creates one batch at a time and commits after each. A single
+        match is checked by the orchestrator too, once it has ended (its first result's id is one
+        of the chunk's, or it is another's). One still running that someone else created with the
+        same size (a job that does not share the store) while our create never arrived is
+        adopted: its results hold none of this chunk's ids, so the chunk's requests come back
+        ``missing`` and are sent again.
 
         Raises:
             AmbiguousBatch: several unowned batches created since ``not_before`` hold
