@@ -12,6 +12,12 @@ ledger says how many requests were billed more than once, and its batch list how
 created that no output row came from. OpenAI tags each batch with our key, so its unrecorded
 create is found by key; Anthropic's batches carry no metadata, so by request count and time (one
 create at a time, committed right after it): the question this measures is what that guarantees.
+
+A third scenario makes the lookup ambiguous on purpose: after every kill, before the resume, a
+rival (another job, on another store) creates an Anthropic batch of the same size (10 requests)
+through the SDK. The resumed run then sees two unrecorded batches of the chunk's size created
+since its intent; it must neither create again nor adopt the rival's, and tell them apart by
+their results' ids once they end. The rival's batches and requests are left out of the counts.
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from spark_llm_batch.emulator import Emulator, EmulatorConfig
+from tests import crash_job
 from tests.test_crash_resume import (
+    API_KEY,
     PROCESSING,
     _make_job,
     _provider_batches,
@@ -33,23 +43,62 @@ from tests.test_crash_resume import (
 
 __all__ = ["run"]
 
-PROVIDERS = ("openai", "anthropic")
+RIVALLED = "anthropic, a rival's batch of the same size after every kill"
+SCENARIOS = ("openai", "anthropic", RIVALLED)
 
 
-def _round(provider: str) -> dict[str, float]:
+_RIVAL = "rival"
+"""The custom_id prefix of the rival's requests (no request hash of ours starts so)."""
+_RIVAL_SIZE = 10
+"""The rival's batch size: the job's batch size, so that its batches match on count."""
+
+
+def _rival(emu: Emulator) -> Callable[[], None]:
+    """Create, on each call, one Anthropic batch of the job's batch size with other requests."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=emu.anthropic_base_url, api_key=API_KEY, max_retries=0)
+    made: list[str] = []
+
+    def create() -> None:
+        n = len(made)
+        requests: Any = [
+            {
+                "custom_id": f"{_RIVAL}{n:03d}x{i:03d}",
+                "params": {
+                    "model": crash_job.MODELS["anthropic"],
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": f"rival question {n}.{i}"}],
+                },
+            }
+            for i in range(_RIVAL_SIZE)
+        ]
+        made.append(client.messages.batches.create(requests=requests).id)
+
+    return create
+
+
+def _round(scenario: str) -> dict[str, float]:
     """One job killed after every create; what the ledger and the batch list say."""
+    provider = "openai" if scenario == "openai" else "anthropic"
     with (
         tempfile.TemporaryDirectory(prefix="bench-reconcile-") as root,
         Emulator(EmulatorConfig(processing_seconds=PROCESSING, clock_speed=1.0)) as emu,
     ):
         job = _make_job(Path(root), emu, "executors", provider)
         started = time.monotonic()
-        killed = kill_after_every_create(job)
+        killed = kill_after_every_create(job, _rival(emu) if scenario == RIVALLED else None)
         seconds = time.monotonic() - started
         rows = json.loads(job.result.read_text(encoding="utf-8"))["rows"]
-        billed = Counter(e["custom_id"] for e in emu.ledger() if e["batch_id"])
+        billed = Counter(
+            e["custom_id"]
+            for e in emu.ledger()
+            if e["batch_id"] and not e["custom_id"].startswith(_RIVAL)
+        )
+        logs = "".join(p.read_text(errors="replace") for p in Path(root).rglob("run-*.log"))
         used = {r["llm"]["batch_id"] for r in rows}
-        created = _provider_batches(emu, provider)
+        rivals = {e["batch_id"] for e in emu.ledger() if e["custom_id"].startswith(_RIVAL)}
+        created = [b for b in _provider_batches(emu, provider) if b.id not in rivals]
         return {
             "killed": killed,
             "batches": len(created),
@@ -59,26 +108,33 @@ def _round(provider: str) -> dict[str, float]:
             "answered": sum(1 for r in rows if r["llm"]["status"] == "succeeded"),
             "rows": len(rows),
             "seconds": seconds,
+            # Lookups that saw several unrecorded candidates and held the chunk (no result yet).
+            "held": logs.count("adopting none, creating none"),
+            # Candidates a lookup told apart by a result id (the chunk's, or another's).
+            "told": logs.count("holds the chunk's requests") + logs.count("holds other requests"),
         }
 
 
 def run(repeats: int = 3) -> str:
-    """Run ``repeats`` rounds per provider; a Markdown table of the outcomes."""
+    """Run ``repeats`` rounds per scenario; a Markdown table of the outcomes."""
     lines = [
-        f"{repeats} rounds per provider; each round SIGKILLs the job right after every create "
-        "(one kill per run) until a run has nothing left to create.",
+        f"{repeats} rounds per scenario; each round SIGKILLs the job right after every create "
+        "(one kill per run) until a run has nothing left to create. In the third, a rival's "
+        "batch of the chunk's size is created after every kill (not counted below).",
         "",
-        "| provider | rounds | kills per round | batches created | created in vain | requests "
-        "billed twice | rows answered | seconds per round (median) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | rounds | kills per round | batches created | created in vain | requests "
+        "billed twice | rows answered | lookups held (ambiguous) | candidates told apart by "
+        "results | seconds per round (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for provider in PROVIDERS:
-        rounds = [_round(provider) for _ in range(repeats)]
+    for scenario in SCENARIOS:
+        rounds = [_round(scenario) for _ in range(repeats)]
         total = {key: sum(r[key] for r in rounds) for key in rounds[0]}
         lines.append(
-            f"| {provider} | {repeats} | {total['killed'] / repeats:.1f} | {int(total['batches'])} "
+            f"| {scenario} | {repeats} | {total['killed'] / repeats:.1f} | {int(total['batches'])} "
             f"| {int(total['unused'])} | {int(total['twice'])} of {int(total['billed'])} | "
-            f"{int(total['answered'])} of {int(total['rows'])} | "
+            f"{int(total['answered'])} of {int(total['rows'])} | {int(total['held'])} | "
+            f"{int(total['told'])} | "
             f"{statistics.median(r['seconds'] for r in rounds):.0f} |"
         )
     return "\n".join(lines)

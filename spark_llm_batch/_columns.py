@@ -7,6 +7,8 @@ from __future__ import annotations
 
 RESERVED_PREFIX = "__llm"
 
+PROMPT = "__llm_prompt"
+"""A row's prompt rendered from ``template`` (not in the output)."""
 HASH = "__llm_hash"
 """The request hash: 32 lowercase hex characters, also the provider ``custom_id``."""
 LINE = "__llm_line"

@@ -172,8 +172,11 @@ class RequestEncoder:
         slots = self.pieces.count(_PROMPT)
         return (F.lit(fixed) + F.octet_length(_escaped(prompt)) * slots).cast("long")
 
-    def annotate(self, df: DataFrame, prompt_col: str) -> DataFrame:
-        """``df`` plus ``HASH``, ``NBYTES``, ``ERR_CLASS``, ``ERR_MSG`` (see :func:`encode_requests`)."""
+    def annotate(
+        self, df: DataFrame, prompt_col: str, null_message: Column | None = None
+    ) -> DataFrame:
+        """``df`` plus ``HASH``, ``NBYTES``, ``ERR_CLASS``, ``ERR_MSG`` (see :func:`encode_requests`);
+        ``null_message`` says why a prompt is null (default: ``"prompt is null"``)."""
         from pyspark.sql import functions as F
 
         prompt = F.col(f"`{prompt_col}`")
@@ -192,7 +195,10 @@ class RequestEncoder:
             .otherwise(F.lit(None).cast("string"))
         )
         err_msg = (
-            F.when(prompt.isNull(), F.lit("prompt is null"))
+            F.when(
+                prompt.isNull(),
+                null_message if null_message is not None else F.lit("prompt is null"),
+            )
             .when(blank, F.lit("prompt is empty or only whitespace"))
             .when(
                 too_large, F.concat(F.lit("request line is "), nbytes.cast("string"), F.lit(limit))

@@ -12,8 +12,9 @@ __all__ = ["attach"]
 _ATTRIBUTE = "llm_batch"
 
 
-def _llm_batch_method(self: DataFrame, prompt_col: str, **options: Any) -> DataFrame:
-    """``df.llm_batch(prompt_col, model=..., store=...)``: see :func:`spark_llm_batch.llm_batch`."""
+def _llm_batch_method(self: DataFrame, prompt_col: str | None = None, **options: Any) -> DataFrame:
+    """``df.llm_batch(prompt_col, model=..., store=...)`` or ``df.llm_batch(template=..., ...)``:
+    see :func:`spark_llm_batch.llm_batch`."""
     from spark_llm_batch.api import llm_batch
 
     return llm_batch(self, prompt_col, **options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from spark_llm_batch._columns import RESERVED_PREFIX
+from spark_llm_batch._template import PromptTemplate
 from spark_llm_batch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,27 +24,28 @@ __all__ = ["check_input"]
 _SHOWN_DUPLICATES = 5
 
 
-def check_input(df: DataFrame, prompt_col: str, config: BatchConfig) -> None:
-    """Validate ``df`` for one ``llm_batch`` call.
+def check_input(df: DataFrame, prompt_col: str | None, config: BatchConfig) -> None:
+    """Validate ``df`` for one ``llm_batch`` call: its prompts come from ``prompt_col`` or from
+    ``config.template``, exactly one of them.
 
     Raises:
-        ConfigError: the prompt column is missing or not a string, a column uses the reserved
-            prefix, the result column collides with an input column, or ``id_col`` is missing or
-            holds duplicates.
+        ConfigError: both or neither prompt source, the prompt column is missing or not a
+            string, a template placeholder names no column, a column uses the reserved prefix,
+            the result column collides with an input column, or ``id_col`` is missing or holds
+            duplicates.
     """
-    from pyspark.sql.types import StringType
-
     fields = {f.name: f.dataType for f in df.schema.fields}
     existing = ", ".join(sorted(fields)) or "(none)"
-    if prompt_col not in fields:
+    if (prompt_col is None) == (config.template is None):
         raise ConfigError(
-            f"prompt column {prompt_col!r} is not in the DataFrame; its columns are: {existing}"
+            "pass the prompts either as a column (llm_batch(df, 'prompt', ...)) or as a template "
+            "over columns (template='... {column} ...'), "
+            + ("not both" if prompt_col is not None else "one of them")
         )
-    if not isinstance(fields[prompt_col], StringType):
-        raise ConfigError(
-            f"prompt column {prompt_col!r} has type {fields[prompt_col].simpleString()}, not string: "
-            f"cast it first, e.g. df.withColumn({prompt_col!r}, F.col({prompt_col!r}).cast('string'))"
-        )
+    if config.template is not None:
+        PromptTemplate.parse(config.template).check(fields)
+    else:
+        _check_prompt_col(prompt_col or "", fields, existing)
     reserved = sorted(name for name in fields if name.startswith(RESERVED_PREFIX))
     if reserved:
         raise ConfigError(
@@ -56,6 +58,23 @@ def check_input(df: DataFrame, prompt_col: str, config: BatchConfig) -> None:
         )
     if config.id_col is not None:
         _check_ids(df, config.id_col, fields, existing)
+
+
+def _check_prompt_col(prompt_col: str, fields: Mapping[str, object], existing: str) -> None:
+    from pyspark.sql.types import DataType, StringType
+
+    if prompt_col not in fields:
+        raise ConfigError(
+            f"prompt column {prompt_col!r} is not in the DataFrame; its columns are: {existing}"
+        )
+    kind = fields[prompt_col]
+    if not isinstance(kind, StringType):
+        shown = kind.simpleString() if isinstance(kind, DataType) else str(kind)
+        raise ConfigError(
+            f"prompt column {prompt_col!r} has type {shown}, not string: cast it first, e.g. "
+            f"df.withColumn({prompt_col!r}, F.col({prompt_col!r}).cast('string')), or use "
+            f"template='{{{prompt_col}}}'"
+        )
 
 
 def _check_ids(df: DataFrame, id_col: str, fields: Mapping[str, object], existing: str) -> None:

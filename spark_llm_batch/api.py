@@ -41,7 +41,11 @@ stored ``attempt``) and ``request_hash``."""
 
 
 def llm_batch(
-    df: DataFrame, prompt_col: str, *, config: BatchConfig | None = None, **options: Any
+    df: DataFrame,
+    prompt_col: str | None = None,
+    *,
+    config: BatchConfig | None = None,
+    **options: Any,
 ) -> DataFrame:
     """Run one LLM request per row of ``df`` through the provider's batch API.
 
@@ -49,11 +53,13 @@ def llm_batch(
     data) resumes without paying twice, and a grown table pays only for its new rows.
 
     Args:
-        df: the input rows. Any DataFrame (classic or Spark Connect) whose ``prompt_col`` is a string.
-        prompt_col: the column holding each row's prompt.
+        df: the input rows. Any DataFrame (classic or Spark Connect).
+        prompt_col: the string column holding each row's prompt; or none, with ``template=``.
         config: a ready :class:`~spark_llm_batch.config.BatchConfig`; ``options`` override its fields.
         **options: any :class:`~spark_llm_batch.config.BatchConfig` field: ``model`` and ``store`` are
-            required, and ``system``, ``params``, ``response_format``, ``id_col``, ``output``,
+            required, and ``template`` (prompts rendered from columns, instead of ``prompt_col``:
+            ``"Classify: {review}"``), ``template_nulls``, ``system``, ``params``,
+            ``response_format``, ``id_col``, ``output``,
             ``result_col``, ``provider``, ``limits``, ``max_in_flight``, ``transport``,
             ``retry``, ``retry_failed``, ``poll``, ``provider_settings`` are optional.
 
@@ -69,6 +75,8 @@ def llm_batch(
     Example:
         >>> out = llm_batch(df, "prompt", model="gpt-4o-mini", store="/lake/llm_store")  # doctest: +SKIP
         >>> out.select("id", "llm.text", "llm.status").show()  # doctest: +SKIP
+        >>> out = llm_batch(df, template="Classify: {review}", model="claude-haiku-4-5",
+        ...                 store="/lake/llm_store")  # doctest: +SKIP
     """
     from spark_llm_batch import _encode, _transport, _validate
     from spark_llm_batch._leases import STAGE, Leases
@@ -85,15 +93,16 @@ def llm_batch(
 
     encoder = _encode.RequestEncoder.build(spark, provider, cfg)
     leases = Leases(store, ttl=cfg.lease_seconds)
+    source, prompt, why_null = _prompts(df, prompt_col, cfg)
     # Persisted without the lines: the output needs only the input, the hash and encode failures;
     # lines are built (in the JVM) for pending rows only, from the same persisted rows.
-    encoded = encoder.annotate(df, prompt_col).persist()
+    encoded = encoder.annotate(source, prompt, why_null).persist()
     try:
         with leases.heartbeat():
             orchestrator = Orchestrator(
                 spark, store, provider, cfg, transport=transport, leases=leases
             )
-            lines = encoder.line_column(encoded[f"`{prompt_col}`"], encoded[C.HASH])
+            lines = encoder.line_column(encoded[f"`{prompt}`"], encoded[C.HASH])
             # One run stages at a time: what another run has in flight is skipped, not sent twice.
             with leases.holding(STAGE):
                 staged = _stage_pending(encoded, lines, cfg, store, orchestrator)
@@ -104,6 +113,21 @@ def llm_batch(
         return _write_output(output, cfg, _default_output(df, cfg, prompt_col))
     finally:
         encoded.unpersist()
+
+
+def _prompts(
+    df: DataFrame, prompt_col: str | None, cfg: BatchConfig
+) -> tuple[DataFrame, str, Column | None]:
+    """The rows with their prompt column, its name, and why a prompt is null (``None``: the
+    default reason). A template is rendered into the reserved column :data:`C.PROMPT`, which the
+    output leaves out."""
+    from spark_llm_batch._template import PromptTemplate
+
+    if cfg.template is None:
+        return df, prompt_col or "", None
+    template = PromptTemplate.parse(cfg.template)
+    rendered = df.withColumn(C.PROMPT, template.render(cfg.template_nulls))
+    return rendered, C.PROMPT, template.null_message()
 
 
 def _resolve_config(config: BatchConfig | None, options: dict[str, Any]) -> BatchConfig:
@@ -200,7 +224,7 @@ def _is_table_name(target: str) -> bool:
     return "/" not in target and ":" not in target
 
 
-def _default_output(df: DataFrame, cfg: BatchConfig, prompt_col: str) -> str:
+def _default_output(df: DataFrame, cfg: BatchConfig, prompt_col: str | None) -> str:
     """A stable location under the store, one per distinct input and call.
 
     The input counts by its query plan (``semanticHash``: the same table read the same way is the
@@ -216,6 +240,8 @@ def _default_output(df: DataFrame, cfg: BatchConfig, prompt_col: str) -> str:
             "params": cfg.params,
             "response_format": cfg.response_format,
             "result_col": cfg.result_col,
+            # Only when set: calls without a template keep the locations they had.
+            **({"template": [cfg.template, cfg.template_nulls]} if cfg.template else {}),
         },
         sort_keys=True,
         default=str,

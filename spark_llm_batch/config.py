@@ -212,6 +212,20 @@ class BatchConfig(_Strict):
         default=None, description="Provider; inferred from the model id when absent."
     )
     system: str | None = Field(default=None, description="System prompt sent with every request.")
+    template: str | None = Field(
+        default=None,
+        description=(
+            "Prompt template over columns, e.g. 'Classify: {review}\\nProduct: {product}' "
+            "(instead of a prompt column; {{ and }} are literal braces). Rendered in the JVM."
+        ),
+    )
+    template_nulls: Literal["invalid", "empty"] = Field(
+        default="invalid",
+        description=(
+            "A null in a template column: 'invalid' sends nothing for the row (it fails "
+            "invalid_input, naming the null columns); 'empty' renders it as empty text."
+        ),
+    )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Generation parameters (temperature, max_tokens, ...)."
     )
@@ -273,6 +287,18 @@ class BatchConfig(_Strict):
     def _result_col_named(cls, value: str) -> str:
         if not value or value.startswith("__llm"):
             raise ValueError("result_col must be non-empty and must not start with '__llm'")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        from spark_llm_batch._template import PromptTemplate
+
+        if value is not None:
+            try:
+                PromptTemplate.parse(value)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
         return value
 
     @field_validator("retry_failed")
@@ -360,8 +386,20 @@ class JobConfig(_Strict):
     input_format: str = Field(
         default="delta", description="Format of a path input (delta, parquet, json...)."
     )
-    prompt_col: str = Field(description="The column holding each row's prompt.")
+    prompt_col: str | None = Field(
+        default=None,
+        description="The column holding each row's prompt; or none, with batch.template.",
+    )
     batch: BatchConfig = Field(description="The llm_batch options.")
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> JobConfig:
+        if (self.prompt_col is None) == (self.batch.template is None):
+            raise ValueError(
+                "give either prompt_col or batch.template (prompts rendered from columns), "
+                + ("not both" if self.prompt_col is not None else "one of them")
+            )
+        return self
 
     @classmethod
     def from_file(cls, path: str | Path) -> JobConfig:

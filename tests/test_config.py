@@ -113,3 +113,26 @@ def test_transport_and_retry_failed_are_checked() -> None:
     assert "invalid_request" in BatchConfig.build({**base, "retry_failed": True}).retry_classes
     with pytest.raises(ConfigError, match=r"retry_failed.*unknown failure class.*'expird'"):
         BatchConfig.build({**base, "retry_failed": ["expird"]})
+
+
+def test_a_job_takes_its_prompts_from_a_column_or_a_template(tmp_path: Path) -> None:
+    from spark_llm_batch.config import JobConfig
+
+    example = JobConfig.from_file(Path(__file__).resolve().parents[1] / "conf/example_job.yaml")
+    assert (example.prompt_col, example.batch.template) == ("review_text", None)
+    conf = tmp_path / "job.yaml"
+    batch = "batch:\n  model: gpt-4o-mini\n  store: /lake/store\n"
+    conf.write_text("input: lake.reviews\n" + batch + "  template: 'Classify: {review_text}'\n")
+    job = JobConfig.from_file(conf)
+    assert (job.prompt_col, job.batch.template) == (None, "Classify: {review_text}")
+    conf.write_text(
+        "input: lake.reviews\nprompt_col: review_text\n" + batch + "  template: '{a}'\n"
+    )
+    with pytest.raises(ConfigError, match="not both"):
+        JobConfig.from_file(conf)
+    conf.write_text("input: lake.reviews\n" + batch)
+    with pytest.raises(ConfigError, match="one of them"):
+        JobConfig.from_file(conf)
+    conf.write_text("input: lake.reviews\n" + batch + "  template: 'Classify: {review_text!r}'\n")
+    with pytest.raises(ConfigError, match="format spec or conversion"):
+        JobConfig.from_file(conf)

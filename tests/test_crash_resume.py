@@ -418,9 +418,10 @@ def test_killed_from_outside_while_polling_then_resumed_pays_once(
         ) from None
 
 
-def kill_after_every_create(job: Job) -> int:
+def kill_after_every_create(job: Job, after_kill: Callable[[], None] | None = None) -> int:
     """Run ``job`` with the ``after_create`` failpoint until a run no longer dies (it had no
-    batch left to create); how many runs were killed. Each run resumes the one before it."""
+    batch left to create); how many runs were killed. Each run resumes the one before it, after
+    ``after_kill`` (if given) did what it does at the provider."""
     killed = 0
     while True:
         log = job.root / f"run-{killed}.log"
@@ -429,6 +430,8 @@ def kill_after_every_create(job: Job) -> int:
             return killed
         _assert_killed(rc, log, f"after create (run {killed})")
         killed += 1
+        if after_kill is not None:
+            after_kill()
         assert killed <= MAX_BATCHES, f"{killed} creates for at most {MAX_BATCHES} batches"
 
 

@@ -357,3 +357,57 @@ def test_two_inputs_with_the_same_options_get_two_outputs(
 
     assert folders(a.llm_batch("prompt", **opts)) == folders(out_a)
     assert folders(out_a) != folders(out_b)
+
+
+def test_a_template_over_columns_is_rendered_checked_and_its_nulls_follow_the_rule(
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
+) -> None:
+    from spark_llm_batch.errors import ConfigError
+
+    rows = [
+        (i, f"review {i}", None if i % 5 == 0 else f"product {i}", i % 5 + 1) for i in range(30)
+    ]
+    df = spark.createDataFrame(rows, "id long, review string, product string, stars int")
+    store = tmp_path / "store"
+    template = "Classify: {review}\nProduct: {product} ({stars} stars) {{json}}"
+
+    def rendered(review: str, product: str | None, stars: int) -> str:
+        return f"Classify: {review}\nProduct: {product or ''} ({stars} stars) {{json}}"
+
+    # Checked before anything is sent: a placeholder without its column, or two prompt sources.
+    with pytest.raises(ConfigError, match=r"\{prodcut\} name no column.*id, product, review"):
+        df.llm_batch(template="{review} {prodcut}", **options(quick_emulator, store))
+    with pytest.raises(ConfigError, match="not both"):
+        df.llm_batch("review", template=template, **options(quick_emulator, store))
+    assert quick_emulator.ledger() == []
+
+    out = df.llm_batch(template=template, id_col="id", **options(quick_emulator, store))
+    assert out.columns == ["id", "review", "product", "stars", "llm"]  # no rendered column
+    got = {r["id"]: r for r in out.select("id", "llm.*").collect()}
+    assert len(got) == 30
+    for i, review, product, stars in rows:
+        if product is None:  # the default rule: nothing sent, the row says which column was null
+            assert (got[i]["status"], got[i]["error_class"]) == ("failed", "invalid_input")
+            assert got[i]["error_message"] == "template column(s) null: product"
+        else:
+            assert got[i]["status"] == "succeeded", got[i]
+            assert got[i]["text"] == _expected(provider, rendered(review, product, stars))
+    assert set(billed_counts(quick_emulator).values()) == {1}
+    assert len(billed_counts(quick_emulator)) == 24
+
+    # template_nulls="empty": the null rows render with empty text and are sent; the others
+    # render as before, so they are answered from the store and not paid again.
+    out = df.llm_batch(
+        template=template, template_nulls="empty", id_col="id", **options(quick_emulator, store)
+    )
+    got = {r["id"]: r for r in out.select("id", "llm.*").collect()}
+    for i, review, product, stars in rows:
+        assert got[i]["status"] == "succeeded", got[i]
+        assert got[i]["text"] == _expected(provider, rendered(review, product, stars))
+    billed = billed_counts(quick_emulator)
+    assert len(billed) == 30
+    assert set(billed.values()) == {1}
