@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
     from spark_llm_batch.config import BatchConfig
-    from spark_llm_batch.providers.base import Provider
+    from spark_llm_batch.providers.base import Prompt, Provider
 
 __all__ = ["HASH_VERSION", "RequestEncoder", "encode_requests", "request_hash"]
 
@@ -66,27 +67,44 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _doc_digest(provider: Provider, config: BatchConfig) -> str:
-    """Digest of everything that identifies a request except its prompt."""
+def _doc_digest(provider: Provider, config: BatchConfig, messages: bool = False) -> str:
+    """Digest of everything that identifies a request except its prompt (its text, or with
+    ``messages``, its conversation: then the document says so, and no hash of a text prompt can
+    equal one of a conversation)."""
     marker = f"LLMPROMPT{uuid.uuid4().hex}"
-    document = {
+    document: dict[str, Any] = {
         "v": HASH_VERSION,
         "provider": provider.name,
         "endpoint": provider.endpoint(config),
         "model": config.model_name,
-        "body": provider.request_body(config, marker),
+        "body": provider.request_body(config, _marker_prompt(marker, messages)),
     }
+    if messages:
+        document["prompt"] = "messages"
     # The random marker becomes a fixed token, so the digest is the same in every process.
     canonical = _canonical(document).replace(marker, "\x00prompt\x00")
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _hash_of(digest: str, prompt: str) -> str:
-    return hashlib.sha256(f"{digest}:{prompt}".encode()).hexdigest()[:32]
+def _marker_prompt(marker: str, messages: bool) -> Prompt:
+    """The prompt whose place in a rendered line is cut out: ``marker`` as the text, or as the one
+    user message of a conversation."""
+    return [{"role": "user", "content": marker}] if messages else marker
 
 
-def request_hash(provider: Provider, config: BatchConfig, prompt: str) -> str:
-    """The request hash of ``prompt``: 32 lowercase hex characters, also the provider ``custom_id``.
+def _hash_of(digest: str, key: str) -> str:
+    return hashlib.sha256(f"{digest}:{key}".encode()).hexdigest()[:32]
+
+
+def _messages_key(messages: Sequence[Mapping[str, str]]) -> str:
+    """What a conversation's hash covers: each message's role, content size and content, so that
+    no two conversations share it (and no JSON encoder's escaping enters it)."""
+    return "\n".join(f"{m['role']}:{len(m['content'].encode())}:{m['content']}" for m in messages)
+
+
+def request_hash(provider: Provider, config: BatchConfig, prompt: Prompt) -> str:
+    """The request hash of ``prompt`` (a text, or a conversation of ``{"role", "content"}``
+    messages): 32 lowercase hex characters, also the provider ``custom_id``.
 
     It covers provider, endpoint, model and the whole request body (messages, params, response
     format), so it changes when any of them does, and never depends on where the row sits.
@@ -95,7 +113,9 @@ def request_hash(provider: Provider, config: BatchConfig, prompt: str) -> str:
         >>> request_hash(provider, config, "Say hi")  # doctest: +SKIP
         '5f0c0e5d4a1b2c3d4e5f60718293a4b5'
     """
-    return _hash_of(_doc_digest(provider, config), prompt)
+    if isinstance(prompt, str):
+        return _hash_of(_doc_digest(provider, config), prompt)
+    return _hash_of(_doc_digest(provider, config, messages=True), _messages_key(prompt))
 
 
 def _cut(line: str, id_mark: str, prompt_mark: str) -> tuple[str | int, ...]:
@@ -123,10 +143,15 @@ class RequestEncoder:
     doc_digest: str
     null_hash: str  # the hash of a row whose prompt is null
     max_bytes: int
+    roles: tuple[str, ...] = ()  # a conversation's allowed roles; empty: prompts are text
 
     @classmethod
-    def build(cls, spark: SparkSession, provider: Provider, config: BatchConfig) -> RequestEncoder:
-        """Render, cut and verify the provider's line (one tiny Spark query).
+    def build(
+        cls, spark: SparkSession, provider: Provider, config: BatchConfig, *, messages: bool = False
+    ) -> RequestEncoder:
+        """Render, cut and verify the provider's line (one tiny Spark query). With ``messages``,
+        the prompt column holds conversations (arrays of ``role``/``content`` structs), spliced
+        into the line as its messages.
 
         Raises:
             ConfigError: ``config`` is not valid for the provider (from ``request_body``).
@@ -135,9 +160,18 @@ class RequestEncoder:
         """
         prompt_mark = f"LLMPROMPT{uuid.uuid4().hex}"  # alphanumeric: identical under any escaping
         id_mark = f"LLMID{uuid.uuid4().hex}"
-        body = provider.request_body(config, prompt_mark)
-        pieces = _cut(provider.request_line(id_mark, body, config), id_mark, prompt_mark)
-        digest = _doc_digest(provider, config)
+        body = provider.request_body(config, _marker_prompt(prompt_mark, messages))
+        line = provider.request_line(id_mark, body, config)
+        if messages:  # the marker message's place is where the conversation's messages go
+            message = json.dumps(_marker_prompt(prompt_mark, True)[0], separators=(",", ":"))
+            if line.count(message) != 1:
+                raise SparkLLMBatchError(
+                    f"provider {provider.name!r}: its request line does not hold the messages "
+                    f"as compact JSON objects, so a conversation cannot be spliced into {line!r}"
+                )
+            line = line.replace(message, prompt_mark)
+        pieces = _cut(line, id_mark, prompt_mark)
+        digest = _doc_digest(provider, config, messages)
         null_hash = hashlib.sha256(f"{digest}:null-prompt".encode()).hexdigest()[:32]
         if not re.fullmatch(provider.custom_id_pattern, null_hash):  # every hash has this shape
             raise SparkLLMBatchError(
@@ -145,7 +179,8 @@ class RequestEncoder:
                 f"{provider.custom_id_pattern!r}, and our request hashes (32 hex digits) do not"
             )
         _, max_bytes = provider.batch_limits(config)
-        encoder = cls(pieces, digest, null_hash, max_bytes)
+        roles = tuple(sorted(provider.message_roles)) if messages else ()
+        encoder = cls(pieces, digest, null_hash, max_bytes, roles)
         encoder._verify(spark, provider, config)
         return encoder
 
@@ -153,14 +188,15 @@ class RequestEncoder:
         """The request hash of ``prompt`` (null prompts get :attr:`null_hash`)."""
         from pyspark.sql import functions as F
 
-        digest = F.sha2(F.concat(F.lit(f"{self.doc_digest}:"), prompt), 256)
+        key = _messages_key_column(prompt) if self.roles else prompt
+        digest = F.sha2(F.concat(F.lit(f"{self.doc_digest}:"), key), 256)
         return F.coalesce(F.substring(digest, 1, 32), F.lit(self.null_hash))
 
     def line_column(self, prompt: Column, custom_id: Column) -> Column:
         """The chunk-file line of ``prompt`` under ``custom_id`` (no newline)."""
         from pyspark.sql import functions as F
 
-        slots = {_ID: custom_id, _PROMPT: _escaped(prompt)}
+        slots = {_ID: custom_id, _PROMPT: self._spliced(prompt)}
         return F.concat(*[slots[p] if isinstance(p, int) else F.lit(p) for p in self.pieces])
 
     def nbytes_column(self, prompt: Column) -> Column:
@@ -170,7 +206,40 @@ class RequestEncoder:
         fixed = 1 + 32 * self.pieces.count(_ID)
         fixed += sum(len(p.encode()) for p in self.pieces if isinstance(p, str))
         slots = self.pieces.count(_PROMPT)
-        return (F.lit(fixed) + F.octet_length(_escaped(prompt)) * slots).cast("long")
+        return (F.lit(fixed) + F.octet_length(self._spliced(prompt)) * slots).cast("long")
+
+    def _spliced(self, prompt: Column) -> Column:
+        """What goes in the prompt's slot: the text as JSON string content, or a conversation's
+        messages as comma-separated JSON objects (``to_json`` of the array, brackets cut)."""
+        from pyspark.sql import functions as F
+
+        if not self.roles:
+            return _escaped(prompt)
+        pairs = F.transform(prompt, lambda m: F.struct(m["role"].alias("role"),
+                                                       m["content"].alias("content")))  # fmt: skip
+        as_json = F.to_json(pairs)
+        return F.substring(as_json, F.lit(2), F.length(as_json) - 2)
+
+    def _invalid(self, prompt: Column) -> tuple[Column, Column]:
+        """Whether a non-null prompt cannot be sent, and why."""
+        from pyspark.sql import functions as F
+
+        if self.roles:
+            shown = ", ".join(self.roles)
+            bad_role = F.exists(prompt, lambda m: m["role"].isNull() | ~m["role"].isin(*self.roles))
+            no_content = F.exists(prompt, lambda m: m["content"].isNull())
+            reasons = (
+                F.when(F.size(prompt) == 0, F.lit("messages are empty"))
+                .when(bad_role, F.lit(f"a message's role is not one of: {shown}"))
+                .when(no_content, F.lit("a message's content is null"))
+            )
+            return reasons.isNotNull(), reasons
+        # Trimming is costly: only a prompt that starts with whitespace can be blank.
+        first = F.substring(prompt, 1, 1)
+        blank = (first == "") | (
+            first.isin(*_WHITESPACE) & (F.length(F.btrim(prompt, F.lit(_WHITESPACE))) == 0)
+        )
+        return blank, F.lit("prompt is empty or only whitespace")
 
     def annotate(
         self, df: DataFrame, prompt_col: str, null_message: Column | None = None
@@ -182,11 +251,7 @@ class RequestEncoder:
         prompt = F.col(f"`{prompt_col}`")
         hashed = self.hash_column(prompt)
         nbytes = self.nbytes_column(prompt)
-        # Trimming is costly: only a prompt that starts with whitespace can be blank.
-        first = F.substring(prompt, 1, 1)
-        blank = (first == "") | (
-            first.isin(*_WHITESPACE) & (F.length(F.btrim(prompt, F.lit(_WHITESPACE))) == 0)
-        )
+        blank, why_blank = self._invalid(prompt)
         too_large = nbytes > self.max_bytes
         limit = f" bytes, over the batch limit of {self.max_bytes} bytes (limits.max_bytes)"
         err_class = (
@@ -199,7 +264,7 @@ class RequestEncoder:
                 prompt.isNull(),
                 null_message if null_message is not None else F.lit("prompt is null"),
             )
-            .when(blank, F.lit("prompt is empty or only whitespace"))
+            .when(blank, why_blank)
             .when(
                 too_large, F.concat(F.lit("request line is "), nbytes.cast("string"), F.lit(limit))
             )
@@ -214,7 +279,16 @@ class RequestEncoder:
         )
 
     def _verify(self, spark: SparkSession, provider: Provider, config: BatchConfig) -> None:
-        probes = spark.createDataFrame([(p,) for p in _PROBES], "p STRING")
+        if self.roles:
+            chats = [[{"role": "user", "content": p}] for p in _PROBES]
+            chats.append(
+                [{"role": r, "content": p} for r, p in zip(self.roles, _PROBES * 4, strict=False)]
+            )
+            probes = spark.createDataFrame(
+                [(chat,) for chat in chats], "p ARRAY<STRUCT<role: STRING, content: STRING>>"
+            )
+        else:
+            probes = spark.createDataFrame([(p,) for p in _PROBES], "p STRING")
         prompt = probes["p"]
         rows = probes.select(
             prompt,
@@ -223,8 +297,10 @@ class RequestEncoder:
             self.nbytes_column(prompt).alias("n"),
         ).collect()
         for row in rows:
-            expected_hash = _hash_of(self.doc_digest, row["p"])
-            body = provider.request_body(config, row["p"])
+            given: Prompt = row["p"] if not self.roles else [m.asDict() for m in row["p"]]
+            key = given if isinstance(given, str) else _messages_key(given)
+            expected_hash = _hash_of(self.doc_digest, key)
+            body = provider.request_body(config, given)
             expected = provider.request_line(expected_hash, body, config)
             line = row["l"]
             if (
@@ -246,6 +322,17 @@ def _escaped(prompt: Column) -> Column:
     return F.when(
         prompt.rlike(_MUST_ESCAPE), F.substring(as_json, F.lit(7), F.length(as_json) - 8)
     ).otherwise(prompt)
+
+
+def _messages_key_column(messages: Column) -> Column:
+    """:func:`_messages_key` as a Spark expression."""
+    from pyspark.sql import functions as F
+
+    def one(m: Column) -> Column:
+        size = F.octet_length(m["content"]).cast("string")
+        return F.concat(m["role"], F.lit(":"), size, F.lit(":"), m["content"])
+
+    return F.array_join(F.transform(messages, one), "\n")
 
 
 def _json_or_none(text: str | None) -> Any:
@@ -275,7 +362,10 @@ def encode_requests(
     """
     from pyspark.sql import functions as F
 
-    encoder = RequestEncoder.build(df.sparkSession, provider, config)
+    from spark_llm_batch._validate import holds_conversations
+
+    chats = holds_conversations(df, prompt_col)
+    encoder = RequestEncoder.build(df.sparkSession, provider, config, messages=chats)
     annotated = encoder.annotate(df, prompt_col)
     line = encoder.line_column(F.col(f"`{prompt_col}`"), F.col(HASH))
     return annotated.withColumn(LINE, F.when(F.col(ERR_CLASS).isNull(), line))

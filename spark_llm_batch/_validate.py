@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from spark_llm_batch.config import BatchConfig
 
-__all__ = ["check_input"]
+__all__ = ["check_input", "holds_conversations"]
 
 _SHOWN_DUPLICATES = 5
 
@@ -60,6 +60,22 @@ def check_input(df: DataFrame, prompt_col: str | None, config: BatchConfig) -> N
         _check_ids(df, config.id_col, fields, existing)
 
 
+def holds_conversations(df: DataFrame, prompt_col: str) -> bool:
+    """Whether ``prompt_col`` holds conversations (else text; :func:`check_input` checked it is
+    one of the two)."""
+    return _is_conversation(df.schema[prompt_col].dataType)
+
+
+def _is_conversation(kind: object) -> bool:
+    """An array of structs with string ``role`` and ``content`` fields (others are ignored)."""
+    from pyspark.sql.types import ArrayType, StringType, StructType
+
+    if not isinstance(kind, ArrayType) or not isinstance(kind.elementType, StructType):
+        return False
+    fields = {f.name: f.dataType for f in kind.elementType.fields}
+    return all(isinstance(fields.get(name), StringType) for name in ("role", "content"))
+
+
 def _check_prompt_col(prompt_col: str, fields: Mapping[str, object], existing: str) -> None:
     from pyspark.sql.types import DataType, StringType
 
@@ -68,10 +84,11 @@ def _check_prompt_col(prompt_col: str, fields: Mapping[str, object], existing: s
             f"prompt column {prompt_col!r} is not in the DataFrame; its columns are: {existing}"
         )
     kind = fields[prompt_col]
-    if not isinstance(kind, StringType):
+    if not isinstance(kind, StringType) and not _is_conversation(kind):
         shown = kind.simpleString() if isinstance(kind, DataType) else str(kind)
         raise ConfigError(
-            f"prompt column {prompt_col!r} has type {shown}, not string: cast it first, e.g. "
+            f"prompt column {prompt_col!r} has type {shown}: a prompt column holds strings, or "
+            "conversations as array<struct<role: string, content: string>>. Cast it first, e.g. "
             f"df.withColumn({prompt_col!r}, F.col({prompt_col!r}).cast('string')), or use "
             f"template='{{{prompt_col}}}'"
         )

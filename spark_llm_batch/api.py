@@ -54,7 +54,9 @@ def llm_batch(
 
     Args:
         df: the input rows. Any DataFrame (classic or Spark Connect).
-        prompt_col: the string column holding each row's prompt; or none, with ``template=``.
+        prompt_col: the column holding each row's prompt: a string, or a whole conversation (an
+            array of ``role``/``content`` structs, sent as the request's messages after
+            ``system``); or none, with ``template=``.
         config: a ready :class:`~spark_llm_batch.config.BatchConfig`; ``options`` override its fields.
         **options: any :class:`~spark_llm_batch.config.BatchConfig` field: ``model`` and ``store`` are
             required, and ``template`` (prompts rendered from columns, instead of ``prompt_col``:
@@ -91,9 +93,10 @@ def llm_batch(
     store = Store.open(spark, cfg.store)
     transport = _transport.choose(cfg.transport, store, provider)
 
-    encoder = _encode.RequestEncoder.build(spark, provider, cfg)
-    leases = Leases(store, ttl=cfg.lease_seconds)
     source, prompt, why_null = _prompts(df, prompt_col, cfg)
+    chats = _validate.holds_conversations(source, prompt)
+    encoder = _encode.RequestEncoder.build(spark, provider, cfg, messages=chats)
+    leases = Leases(store, ttl=cfg.lease_seconds)
     # Persisted without the lines: the output needs only the input, the hash and encode failures;
     # lines are built (in the JVM) for pending rows only, from the same persisted rows.
     encoded = encoder.annotate(source, prompt, why_null).persist()

@@ -225,3 +225,59 @@ def test_jvm_hash_equals_python_hash_for_any_text(spark: SparkSession) -> None:
     for row in rows:
         assert row[C.HASH] == request_hash(provider, config, row["prompt"])
     assert len({r[C.HASH] for r in rows}) == 500
+
+
+def _providers_for_conversations() -> list[Provider]:
+    from spark_llm_batch.providers.anthropic import AnthropicProvider
+
+    return [_openai(), AnthropicProvider(ProviderSettings(api_key="sk-ant-test-123456"))]
+
+
+CHAT_DDL = "id INT, chat ARRAY<STRUCT<role: STRING, content: STRING, note: STRING>>"
+
+
+@pytest.mark.parametrize("provider", _providers_for_conversations(), ids=lambda p: p.name)
+def test_a_conversation_column_is_spliced_as_the_messages_and_hashed_by_its_turns(
+    spark: SparkSession, provider: Provider
+) -> None:
+    model = "openai:gpt-4o-mini" if provider.name == "openai" else "claude-haiku-4-5"
+    config = _config(model, system="Be brief.")
+    good = [
+        [{"role": "user", "content": text, "note": "ignored"}] for text in TRICKY
+    ] + [[
+        {"role": "user", "content": "first", "note": None},
+        {"role": "assistant", "content": 'answer "one"', "note": None},
+        {"role": "user", "content": "second\n", "note": None},
+    ]]  # fmt: skip
+    bad = {
+        "messages are empty": [],
+        "a message's role is not one of": [{"role": "tool", "content": "x", "note": None}],
+        "a message's content is null": [{"role": "user", "content": None, "note": None}],
+    }
+    rows = [(i, chat) for i, chat in enumerate([*good, *bad.values(), None])]
+    df = spark.createDataFrame(rows, CHAT_DDL)
+    out = {r["id"]: r for r in encode_requests(df, "chat", config, provider).collect()}
+    for i, chat in enumerate(good):
+        turns = [{"role": m["role"], "content": m["content"]} for m in chat]
+        expected_hash = request_hash(provider, config, turns)
+        row = out[i]
+        assert row[C.HASH] == expected_hash
+        body = provider.request_body(config, turns)
+        assert json.loads(row[C.LINE]) == json.loads(
+            provider.request_line(expected_hash, body, config)
+        )
+        assert row[C.NBYTES] == len(row[C.LINE].encode()) + 1
+    for offset, reason in enumerate(bad):
+        row = out[len(good) + offset]
+        assert (row[C.ERR_CLASS], row[C.LINE]) == ("invalid_input", None)
+        assert row[C.ERR_MSG].startswith(reason), row[C.ERR_MSG]
+    assert out[len(rows) - 1][C.ERR_CLASS] == "invalid_input"
+    # A conversation of one user turn is another request than that text as a prompt.
+    assert request_hash(provider, config, [{"role": "user", "content": "hi"}]) != request_hash(
+        provider, config, "hi"
+    )
+    # Roles are the provider's: Anthropic takes the system prompt as system=, not as a message.
+    system_turn = spark.createDataFrame([(0, [{"role": "system", "content": "x", "note": None}])],
+                                        CHAT_DDL)  # fmt: skip
+    (row,) = encode_requests(system_turn, "chat", config, provider).collect()
+    assert (row[C.ERR_CLASS] is None) == (provider.name == "openai")

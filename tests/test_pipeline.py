@@ -411,3 +411,47 @@ def test_a_template_over_columns_is_rendered_checked_and_its_nulls_follow_the_ru
     billed = billed_counts(quick_emulator)
     assert len(billed) == 30
     assert set(billed.values()) == {1}
+
+
+def test_a_conversation_column_is_sent_as_the_messages_after_the_system_prompt(
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
+) -> None:
+    def chat(i: int) -> list[dict[str, str]] | None:
+        if i == 7:
+            return None
+        if i == 8:
+            return [{"role": "system", "content": "not a turn"}, {"role": "user", "content": "x"}]
+        return [
+            {"role": "user", "content": f"Name a colour, {i}"},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": f"Another one for {i}?"},
+        ]
+
+    rows = [(i, chat(i)) for i in range(20)]
+    ddl = "id long, messages array<struct<role: string, content: string>>"
+    df = spark.createDataFrame(rows, ddl)
+    store = tmp_path / "store"
+
+    out = df.llm_batch("messages", id_col="id", **options(quick_emulator, store))
+    got = {r["id"]: r for r in out.select("id", "llm.*").collect()}
+    assert len(got) == 20
+    sent = [i for i in range(20) if i != 7 and (i != 8 or provider == "openai")]
+    for i, messages in rows:
+        if i not in sent:  # a null conversation; a system turn Anthropic takes only as system=
+            assert (got[i]["status"], got[i]["error_class"]) == ("failed", "invalid_input")
+            continue
+        assert messages is not None
+        turns = [(m["role"], m["content"]) for m in messages]
+        expected = _answers.expected_text(turns, model=MODELS[provider], system=SYSTEM)
+        assert got[i]["text"] == expected, got[i]
+    billed = billed_counts(quick_emulator)
+    assert len(billed) == len(sent)
+    assert set(billed.values()) == {1}
+    # Run again: every conversation is answered from the store, nothing is paid twice.
+    again = df.llm_batch("messages", id_col="id", **options(quick_emulator, store))
+    assert again.where("llm.status = 'succeeded'").count() == len(sent)
+    assert billed_counts(quick_emulator) == billed

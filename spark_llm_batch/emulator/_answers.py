@@ -41,7 +41,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._prompt import (
@@ -84,15 +84,20 @@ _EMBEDDING_DIMS = {"text-embedding-3-large": 3072}
 _DEFAULT_EMBEDDING_DIMS = 1536
 
 
-def expected_text(prompt: str, *, model: str, system: str | None = None) -> str:
-    """Return the plain answer for a single-user-turn request (optionally with a system prompt).
+def expected_text(
+    prompt: str | Sequence[tuple[str, str]], *, model: str, system: str | None = None
+) -> str:
+    """Return the plain answer for a request of one user turn, or of the ``(role, content)``
+    turns given (optionally after a system prompt).
 
     Example:
         >>> expected_text("What is 2+2?", model="m").startswith("Emulated answer ")
         True
+        >>> expected_text([("user", "What is 2+2?")], model="m") == expected_text("What is 2+2?", model="m")
+        True
     """
     turns: Turns = [("system", system)] if system is not None else []
-    turns.append(("user", prompt))
+    turns += [("user", prompt)] if isinstance(prompt, str) else list(prompt)
     return answer_text(digest(model, turns), turns)
 
 

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from spark_llm_batch.config import BatchConfig
 from spark_llm_batch.errors import ConfigError
-from spark_llm_batch.providers.base import ChunkMissing, ChunkRef
+from spark_llm_batch.providers.base import ChunkMissing, ChunkRef, Prompt
 
 __all__ = ["CreateBody", "forced_tool", "messages_params"]
 
@@ -39,7 +39,7 @@ _HEAD, _TAIL = b'{"requests":[', b"]}"
 _SEND_BLOCK = 1 << 20  # bytes read from the chunk per piece of the create body
 
 
-def messages_params(config: BatchConfig, prompt: str) -> dict[str, Any]:
+def messages_params(config: BatchConfig, prompt: Prompt) -> dict[str, Any]:
     """What :meth:`AnthropicProvider.request_body
     <spark_llm_batch.providers.anthropic.AnthropicProvider.request_body>` returns (see there)."""
     params = dict(config.params)
@@ -56,7 +56,11 @@ def messages_params(config: BatchConfig, prompt: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": config.model_name,
         "max_tokens": _max_tokens(params, config.anthropic.max_tokens),
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": (
+            [{"role": "user", "content": prompt}]
+            if isinstance(prompt, str)
+            else [{"role": m["role"], "content": m["content"]} for m in prompt]
+        ),
     }
     if config.system:
         body["system"] = config.system

@@ -47,6 +47,7 @@ from spark_llm_batch.providers.base import (
     AmbiguousBatch,
     BatchState,
     ChunkRef,
+    Prompt,
     Provider,
     ProviderBatch,
     ResultRecord,
@@ -109,7 +110,7 @@ class AnthropicProvider(Provider):
 
     # ---- data plane -------------------------------------------------------------------------------
 
-    def request_body(self, config: BatchConfig, prompt: str) -> dict[str, Any]:
+    def request_body(self, config: BatchConfig, prompt: Prompt) -> dict[str, Any]:
         """The Messages API params: model, max_tokens, messages, system, mapped ``config.params``.
 
         ``max_completion_tokens`` becomes ``max_tokens`` (default ``config.anthropic.max_tokens``),

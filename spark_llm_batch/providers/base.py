@@ -34,7 +34,7 @@ import base64
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, BinaryIO, ClassVar, TypeAlias, TypeVar
@@ -49,6 +49,7 @@ __all__ = [
     "BatchState",
     "ChunkMissing",
     "ChunkRef",
+    "Prompt",
     "Provider",
     "ProviderBatch",
     "ResultRecord",
@@ -205,6 +206,9 @@ class ResultRecord:
     model: str | None = None
 
 
+Prompt: TypeAlias = "str | Sequence[Mapping[str, str]]"
+"""One request's prompt: the user's text, or a conversation of ``{"role", "content"}`` messages."""
+
 ResultRow: TypeAlias = tuple[
     str, str, str | None, str | None, str | None, str | None, int | None, int | None, str | None
 ]
@@ -242,6 +246,8 @@ class Provider(ABC):
     expired or were cancelled before they ran are not billed."""
     custom_id_pattern: ClassVar[str] = r"^[A-Za-z0-9_-]{1,64}$"
     """What a request's ``custom_id`` (our request hash) must match."""
+    message_roles: ClassVar[frozenset[str]] = frozenset({"user", "assistant"})
+    """The roles a message of a conversation prompt may have (checked per row before sending)."""
     retry: RetrySettings | None = None
     """Bounds of the one retry loop of control-plane calls (:meth:`_retrying`); default
     ``settings.max_retries + 1`` attempts. SDK clients are built with their own retries off, so
@@ -311,8 +317,12 @@ class Provider(ABC):
     # ---- data plane (executors) -------------------------------------------------------------------
 
     @abstractmethod
-    def request_body(self, config: BatchConfig, prompt: str) -> dict[str, Any]:
-        """The request body for one prompt (model, messages, params, response format)."""
+    def request_body(self, config: BatchConfig, prompt: Prompt) -> dict[str, Any]:
+        """The request body for one prompt (model, messages, params, response format).
+
+        ``prompt`` is the user's text, or a whole conversation: ``{"role", "content"}`` messages
+        in order (roles among :attr:`message_roles`), sent as they are after ``config.system``.
+        """
 
     @abstractmethod
     def request_line(self, custom_id: str, body: dict[str, Any], config: BatchConfig) -> str:

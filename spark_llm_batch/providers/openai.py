@@ -33,6 +33,7 @@ from spark_llm_batch.providers._sdk import translated
 from spark_llm_batch.providers.base import (
     BatchState,
     ChunkRef,
+    Prompt,
     Provider,
     ProviderBatch,
     ResultRecord,
@@ -72,6 +73,9 @@ class OpenAIProvider(Provider):
     default_max_requests: ClassVar[int] = 50_000
     default_max_bytes: ClassVar[int] = 200 * 1024 * 1024
     default_base_url: ClassVar[str] = "https://api.openai.com/v1"
+    message_roles: ClassVar[frozenset[str]] = frozenset(
+        {"system", "developer", "user", "assistant"}
+    )
 
     def endpoint(self, config: BatchConfig) -> str:
         """``config.openai.endpoint``: every line's ``url`` and the batch's ``endpoint``."""
@@ -79,8 +83,9 @@ class OpenAIProvider(Provider):
 
     # ---- data plane -------------------------------------------------------------------------------
 
-    def request_body(self, config: BatchConfig, prompt: str) -> dict[str, Any]:
-        """The chat completions body: model, messages, ``config.params``, response format.
+    def request_body(self, config: BatchConfig, prompt: Prompt) -> dict[str, Any]:
+        """The chat completions body: model, messages (``config.system`` first, then the prompt's
+        text as the user's, or its messages), ``config.params``, response format.
 
         Raises:
             ConfigError: ``config.params`` sets ``model`` or ``messages``.
@@ -94,7 +99,10 @@ class OpenAIProvider(Provider):
         messages: list[dict[str, str]] = []
         if config.system:
             messages.append({"role": "system", "content": config.system})
-        messages.append({"role": "user", "content": prompt})
+        if isinstance(prompt, str):
+            messages.append({"role": "user", "content": prompt})
+        else:
+            messages += [{"role": m["role"], "content": m["content"]} for m in prompt]
         body: dict[str, Any] = {"model": config.model_name, "messages": messages, **config.params}
         if config.response_format is not None:
             body["response_format"] = response_format(config.response_format)
