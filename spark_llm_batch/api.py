@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
     from spark_llm_batch._orchestrator import Orchestrator
+    from spark_llm_batch._schema import ParsedType
     from spark_llm_batch._store import Store
     from spark_llm_batch._store_tables import BatchRecord
 
@@ -80,16 +81,16 @@ def llm_batch(
         >>> out = llm_batch(df, template="Classify: {review}", model="claude-haiku-4-5",
         ...                 store="/lake/llm_store")  # doctest: +SKIP
     """
-    from spark_llm_batch import _encode, _transport, _validate
+    from spark_llm_batch import _encode, _schema, _transport, _validate
     from spark_llm_batch._leases import STAGE, Leases
     from spark_llm_batch._orchestrator import Orchestrator
     from spark_llm_batch._store import Store
     from spark_llm_batch.providers import get_provider
 
-    cfg = _resolve_config(config, options)
+    spark = df.sparkSession
+    cfg, parsed_type = _schema.resolve(_resolve_config(config, options), spark)
     _validate.check_input(df, prompt_col, cfg)
     provider = get_provider(cfg)  # resolves credentials: a missing key fails here, before spending
-    spark = df.sparkSession
     store = Store.open(spark, cfg.store)
     transport = _transport.choose(cfg.transport, store, provider)
 
@@ -112,7 +113,7 @@ def llm_batch(
             log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
             summary = orchestrator.run()
         log.info("orchestration finished: %s", summary)
-        output = _join_results(encoded, store, cfg)
+        output = _join_results(encoded, store, cfg, parsed_type)
         return _write_output(output, cfg, _default_output(df, cfg, prompt_col))
     finally:
         encoded.unpersist()
@@ -167,8 +168,11 @@ def _stage_pending(
     return orchestrator.stage_and_record(pending)
 
 
-def _join_results(encoded: DataFrame, store: Store, cfg: BatchConfig) -> DataFrame:
-    """All input columns plus the result struct, one row per input row."""
+def _join_results(
+    encoded: DataFrame, store: Store, cfg: BatchConfig, parsed_type: ParsedType | None = None
+) -> DataFrame:
+    """All input columns plus the result struct, one row per input row (with ``parsed``, the
+    answer parsed as ``parsed_type``, when it is given)."""
     from pyspark.sql import functions as F
 
     stored = [name for name, _, _ in _output_columns() if name != "hash"]
@@ -177,7 +181,7 @@ def _join_results(encoded: DataFrame, store: Store, cfg: BatchConfig) -> DataFra
     )
     joined = encoded.join(results, C.HASH, "left")
     input_cols = [c for c in encoded.columns if not c.startswith(C.RESERVED_PREFIX)]
-    return joined.select(*input_cols, _result_struct().alias(cfg.result_col))
+    return joined.select(*input_cols, _result_struct(parsed_type).alias(cfg.result_col))
 
 
 _PENDING_MESSAGE = (
@@ -185,8 +189,10 @@ _PENDING_MESSAGE = (
 )
 
 
-def _result_struct() -> Column:
-    """The result struct: encode failures first, then the stored result, else ``pending``."""
+def _result_struct(parsed_type: ParsedType | None = None) -> Column:
+    """The result struct: encode failures first, then the stored result, else ``pending``; with
+    ``parsed_type``, the answer parsed in the JVM follows ``text`` as ``parsed`` (null where the
+    row has no answer)."""
     from pyspark.sql import functions as F
 
     encode_failed = F.col(C.ERR_CLASS).isNotNull()
@@ -208,6 +214,8 @@ def _result_struct() -> Column:
                 .otherwise(pending.get(stored, null))
             )
         fields.append(value.cast(kind).alias(name))
+        if stored == "text" and parsed_type is not None:
+            fields.append(F.from_json(value.cast(kind), parsed_type).alias("parsed"))
     return F.struct(*fields)
 
 

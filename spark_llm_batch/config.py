@@ -229,8 +229,13 @@ class BatchConfig(_Strict):
     params: dict[str, Any] = Field(
         default_factory=dict, description="Generation parameters (temperature, max_tokens, ...)."
     )
-    response_format: dict[str, Any] | None = Field(
-        default=None, description="Structured output: a JSON schema the answer must conform to."
+    response_format: dict[str, Any] | str | None = Field(
+        default=None,
+        description=(
+            "Structured output: a pydantic model class, a Spark DDL string ('label STRING, "
+            "score DOUBLE') or a JSON schema. The answer is parsed into the result's 'parsed' "
+            "field."
+        ),
     )
     id_col: str | None = Field(
         default=None, description="A unique row id column; checked for duplicates."
@@ -288,6 +293,32 @@ class BatchConfig(_Strict):
         if not value or value.startswith("__llm"):
             raise ValueError("result_col must be non-empty and must not start with '__llm'")
         return value
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _model_to_schema(cls, value: Any) -> Any:
+        from pydantic import BaseModel
+
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            from spark_llm_batch._schema import from_model
+
+            return from_model(value)
+        return value
+
+    @property
+    def response_schema(self) -> dict[str, Any] | None:
+        """The JSON schema sent as ``response_format`` (``None``: free text).
+
+        Raises:
+            ConfigError: ``response_format`` is still a DDL string: ``llm_batch`` turns it into a
+                JSON schema with the Spark session (``spark_llm_batch._schema.resolve``).
+        """
+        if isinstance(self.response_format, str):
+            raise ConfigError(
+                f"response_format {self.response_format!r} is a DDL string: llm_batch turns it "
+                "into a JSON schema (it needs the Spark session to parse it)"
+            )
+        return self.response_format
 
     @field_validator("template")
     @classmethod

@@ -455,3 +455,56 @@ def test_a_conversation_column_is_sent_as_the_messages_after_the_system_prompt(
     again = df.llm_batch("messages", id_col="id", **options(quick_emulator, store))
     assert again.where("llm.status = 'succeeded'").count() == len(sent)
     assert billed_counts(quick_emulator) == billed
+
+
+def test_structured_answers_come_back_as_a_typed_parsed_struct(
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
+) -> None:
+    from pydantic import BaseModel
+
+    from spark_llm_batch.config import BatchConfig
+
+    class Aspect(BaseModel):
+        name: str
+        score: float
+
+    class Verdict(BaseModel):
+        label: str
+        stars: int
+        tags: list[str]
+        aspects: list[Aspect]
+        note: str | None = None
+
+    rows = [(i, f"Review number {i}: fine.") for i in range(12)]
+    df = spark.createDataFrame(rows, "id long, prompt string")
+    sent = BatchConfig(model=MODELS[provider], store="/tmp/x", response_format=Verdict)
+    schema = sent.response_schema
+    assert schema is not None
+
+    out = df.llm_batch(
+        "prompt", id_col="id", response_format=Verdict, **options(quick_emulator, tmp_path / "a")
+    )
+    parsed = out.schema["llm"].dataType["parsed"].dataType
+    assert parsed.simpleString() == (
+        "struct<label:string,stars:bigint,tags:array<string>,"
+        "aspects:array<struct<name:string,score:double>>,note:string>"
+    )
+    got = {r["id"]: r for r in out.select("id", "llm.*").collect()}
+    for i, prompt in rows:
+        expected = _answers.expected_json(schema, prompt, model=MODELS[provider], system=SYSTEM)
+        assert got[i]["status"] == "succeeded", got[i]
+        assert got[i]["parsed"].asDict(recursive=True) == {
+            **expected, "note": expected.get("note")
+        }, got[i]["text"]  # fmt: skip
+    # A DDL string: the parsed field has the DDL's own types.
+    ddl = "label STRING, stars INT, tags ARRAY<STRING>"
+    out = df.llm_batch("prompt", response_format=ddl, **options(quick_emulator, tmp_path / "b"))
+    assert out.schema["llm"].dataType["parsed"].dataType.simpleString() == (
+        "struct<label:string,stars:int,tags:array<string>>"
+    )
+    assert out.where("llm.parsed.label IS NOT NULL AND size(llm.parsed.tags) >= 0").count() == 12
+    assert set(billed_counts(quick_emulator).values()) == {1}

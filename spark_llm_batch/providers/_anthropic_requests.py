@@ -69,10 +69,10 @@ def messages_params(config: BatchConfig, prompt: Prompt) -> dict[str, Any]:
             raise ConfigError("params set both stop and stop_sequences: keep one")
         params["stop_sequences"] = _stop_sequences(params.pop("stop"))
     body.update(params)
-    if config.response_format is not None:
+    if config.response_schema is not None:
         if "tools" in params or "tool_choice" in params:
             raise ConfigError("params must not set tools or tool_choice with response_format")
-        body.update(forced_tool(config.response_format))
+        body.update(forced_tool(config.response_schema))
     return body
 
 

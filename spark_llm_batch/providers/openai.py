@@ -104,8 +104,8 @@ class OpenAIProvider(Provider):
         else:
             messages += [{"role": m["role"], "content": m["content"]} for m in prompt]
         body: dict[str, Any] = {"model": config.model_name, "messages": messages, **config.params}
-        if config.response_format is not None:
-            body["response_format"] = response_format(config.response_format)
+        if config.response_schema is not None:
+            body["response_format"] = response_format(config.response_schema)
         return body
 
     def request_line(self, custom_id: str, body: dict[str, Any], config: BatchConfig) -> str:
