@@ -3,7 +3,8 @@
 Run it with ``make demo``. No provider account is needed: the emulator that ships in the package
 stands in for OpenAI and Anthropic, and its billing ledger shows that every request was paid for
 exactly once, even though the job runs twice (the second run is answered from the store). Then
-the same prompts go to Claude, through Anthropic's Message Batches, with the same call.
+the same prompts go to Claude, through Anthropic's Message Batches, with the same call; last, a
+template over columns gets structured answers back as typed columns.
 """
 
 from __future__ import annotations
@@ -81,11 +82,28 @@ def main() -> int:
             f"Claude: rows out: {claude.count()}, statuses: {dict(claude_ok)}, requests billed "
             f"by Anthropic's emulator: {len(claude_billed)}"
         )
+        # Prompts from a template over columns, answers as typed columns (a DDL schema here;
+        # a pydantic model class works the same).
+        reviews = spark.createDataFrame(
+            [(i, topics[i % len(topics)], f"Review {i}: it did what it said.") for i in range(6)],
+            "id long, product string, review string",
+        )
+        typed = reviews.llm_batch(
+            template="Classify this review of {product}: {review}",
+            response_format="label STRING, stars INT, tags ARRAY<STRING>",
+            **{**options, "output": f"{work}/typed"},
+        )
+        typed.select(
+            "id", "product", "llm.parsed.label", "llm.parsed.stars", "llm.parsed.tags"
+        ).show(3, truncate=40)
+        typed_ok = typed.where("llm.parsed.stars IS NOT NULL").count()
+        print(f"structured answers parsed into typed columns: {typed_ok} of {reviews.count()}")
         print(f"store and output under {work}")
         ok = (
             out.count() == df.count() == again.count() == claude.count()
             and len(billed) == df.count()
             and len(claude_billed) == df.count()
+            and typed_ok == reviews.count()
         )
     spark.stop()
     return 0 if ok else 1
