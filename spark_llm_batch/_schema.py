@@ -8,7 +8,8 @@ output (every object closed with ``additionalProperties: false`` and every prope
 A JSON schema given as such is sent as given.
 
 The answer comes back as text (compact JSON) and is parsed in the JVM with ``from_json`` into the
-output's ``parsed`` field, typed after the format: nested models become structs, lists arrays,
+output's ``parsed`` field (an answer that does not parse, or lacks a required top-level field, is
+an ``invalid_output`` failure in the output, its text kept), typed after the format: nested models become structs, lists arrays,
 optionals nullable fields, enums strings, integers ``bigint``, numbers ``double``, booleans
 ``boolean``; a DDL string is its own Spark type. A schema node with no single type (a union of
 several) is kept as its JSON text (``string``).
@@ -23,6 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from spark_llm_batch.errors import ConfigError
@@ -36,7 +38,16 @@ if TYPE_CHECKING:
 
     from spark_llm_batch.config import BatchConfig
 
-__all__ = ["ParsedType", "from_model", "json_schema_of", "resolve", "spark_type", "strict"]
+__all__ = [
+    "ParsedType",
+    "Structured",
+    "from_model",
+    "json_schema_of",
+    "required_fields",
+    "resolve",
+    "spark_type",
+    "strict",
+]
 
 ParsedType: TypeAlias = "StructType | ArrayType"
 """What ``from_json`` parses an answer into: the output's ``parsed`` field."""
@@ -132,10 +143,41 @@ def _is_null(branch: Any) -> bool:
     return isinstance(branch, Mapping) and branch.get("type") == "null"
 
 
-def resolve(config: BatchConfig, spark: SparkSession) -> tuple[BatchConfig, ParsedType | None]:
-    """``config`` with its ``response_format`` as the JSON schema sent, and the Spark type the
-    answers are parsed into (``None``: no structured answer, or one without an object or array
-    schema, such as ``{"type": "json_object"}``).
+@dataclass(frozen=True)
+class Structured:
+    """How structured answers are read back.
+
+    Attributes:
+        kind: the Spark type an answer is parsed into (the result's ``parsed`` field).
+        required: the top-level fields a valid answer gives, not null (an answer without one,
+            or that does not parse, is an ``invalid_output`` failure).
+    """
+
+    kind: ParsedType
+    required: tuple[str, ...] = ()
+
+
+def required_fields(schema: Mapping[str, Any]) -> tuple[str, ...]:
+    """The properties of an object ``schema`` that are required and cannot be null."""
+    props = schema.get("properties", {})
+    required = schema.get("required", [])
+    return tuple(name for name in required if name in props and not _nullable(props[name]))
+
+
+def _nullable(node: Any) -> bool:
+    if not isinstance(node, Mapping):
+        return True
+    kinds = node.get("type")
+    if kinds == "null" or (isinstance(kinds, list) and "null" in kinds):
+        return True
+    branches = [*node.get("anyOf", []), *node.get("oneOf", [])]
+    return any(_is_null(b) for b in branches) or bool(node.get("nullable"))
+
+
+def resolve(config: BatchConfig, spark: SparkSession) -> tuple[BatchConfig, Structured | None]:
+    """``config`` with its ``response_format`` as the JSON schema sent, and how answers are
+    parsed (``None``: no structured answer, or one without an object or array schema, such as
+    ``{"type": "json_object"}``).
 
     Raises:
         ConfigError: a DDL string that does not parse, or with a type JSON cannot carry.
@@ -147,14 +189,17 @@ def resolve(config: BatchConfig, spark: SparkSession) -> tuple[BatchConfig, Pars
         return config, None
     if isinstance(given, str):
         struct = _ddl(spark, given)
-        return config.model_copy(update={"response_format": json_schema_of(struct)}), struct
+        sent = config.model_copy(update={"response_format": json_schema_of(struct)})
+        return sent, Structured(struct, tuple(struct.fieldNames()))
     schema = (
         given.get("json_schema", {}).get("schema") if given.get("type") == "json_schema" else given
     )
     if not isinstance(schema, Mapping) or given.get("type") in ("json_object", "text"):
         return config, None
     kind = spark_type(schema)
-    return config, kind if isinstance(kind, T.StructType | T.ArrayType) else None
+    if isinstance(kind, T.StructType):
+        return config, Structured(kind, required_fields(schema))
+    return config, Structured(kind) if isinstance(kind, T.ArrayType) else None
 
 
 def _ddl(spark: SparkSession, ddl: str) -> StructType:

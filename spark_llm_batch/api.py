@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
     from spark_llm_batch._orchestrator import Orchestrator
-    from spark_llm_batch._schema import ParsedType
+    from spark_llm_batch._schema import Structured
     from spark_llm_batch._store import Store
     from spark_llm_batch._store_tables import BatchRecord
 
@@ -88,7 +88,7 @@ def llm_batch(
     from spark_llm_batch.providers import get_provider
 
     spark = df.sparkSession
-    cfg, parsed_type = _schema.resolve(_resolve_config(config, options), spark)
+    cfg, structured = _schema.resolve(_resolve_config(config, options), spark)
     _validate.check_input(df, prompt_col, cfg)
     provider = get_provider(cfg)  # resolves credentials: a missing key fails here, before spending
     store = Store.open(spark, cfg.store)
@@ -113,7 +113,7 @@ def llm_batch(
             log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
             summary = orchestrator.run()
         log.info("orchestration finished: %s", summary)
-        output = _join_results(encoded, store, cfg, parsed_type)
+        output = _join_results(encoded, store, cfg, structured)
         return _write_output(output, cfg, _default_output(df, cfg, prompt_col))
     finally:
         encoded.unpersist()
@@ -169,10 +169,10 @@ def _stage_pending(
 
 
 def _join_results(
-    encoded: DataFrame, store: Store, cfg: BatchConfig, parsed_type: ParsedType | None = None
+    encoded: DataFrame, store: Store, cfg: BatchConfig, structured: Structured | None = None
 ) -> DataFrame:
     """All input columns plus the result struct, one row per input row (with ``parsed``, the
-    answer parsed as ``parsed_type``, when it is given)."""
+    answer parsed as ``structured`` says, when it is given)."""
     from pyspark.sql import functions as F
 
     stored = [name for name, _, _ in _output_columns() if name != "hash"]
@@ -181,18 +181,27 @@ def _join_results(
     )
     joined = encoded.join(results, C.HASH, "left")
     input_cols = [c for c in encoded.columns if not c.startswith(C.RESERVED_PREFIX)]
-    return joined.select(*input_cols, _result_struct(parsed_type).alias(cfg.result_col))
+    return joined.select(*input_cols, _result_struct(structured).alias(cfg.result_col))
 
 
 _PENDING_MESSAGE = (
     "not answered yet: its batch is still in flight; run the same call again to collect it"
 )
+INVALID_OUTPUT = "invalid_output"
+"""The failure class of a structured answer that does not parse or lacks a required field."""
+_INVALID_MESSAGE = (
+    "the answer does not match response_format (it is not JSON of that shape, or a required "
+    "field is missing or null): the raw answer is in text"
+)
 
 
-def _result_struct(parsed_type: ParsedType | None = None) -> Column:
-    """The result struct: encode failures first, then the stored result, else ``pending``; with
-    ``parsed_type``, the answer parsed in the JVM follows ``text`` as ``parsed`` (null where the
-    row has no answer)."""
+def _result_struct(structured: Structured | None = None) -> Column:
+    """The result struct: encode failures first, then the stored result, else ``pending``.
+
+    With ``structured``, the answer parsed in the JVM follows ``text`` as ``parsed``, and an
+    answer that does not parse, or lacks a required field, is a failure of class
+    ``invalid_output`` (its text kept, ``parsed`` null).
+    """
     from pyspark.sql import functions as F
 
     encode_failed = F.col(C.ERR_CLASS).isNotNull()
@@ -202,6 +211,15 @@ def _result_struct(parsed_type: ParsedType | None = None) -> Column:
                   "error_message": F.col(C.ERR_MSG), "attempt": F.lit(0)}  # fmt: skip
     pending = {"status": F.lit("pending"), "error_class": F.lit("pending"),
                "error_message": F.lit(_PENDING_MESSAGE), "attempt": F.lit(0)}  # fmt: skip
+    unusable = {"status": F.lit("failed"), "error_class": F.lit(INVALID_OUTPUT),
+                "error_message": F.lit(_INVALID_MESSAGE)}  # fmt: skip
+    parsed = invalid = None
+    if structured is not None:
+        parsed = F.from_json(F.col("__r_text"), structured.kind)
+        broken = parsed.isNull()
+        for name in structured.required:
+            broken = broken | parsed[name].isNull()
+        invalid = answered & (F.col("__r_status") == "succeeded") & broken
     fields = []
     for stored, name, kind in _output_columns():
         if stored == "hash":
@@ -213,9 +231,11 @@ def _result_struct(parsed_type: ParsedType | None = None) -> Column:
                 .when(answered, F.col(f"__r_{stored}"))
                 .otherwise(pending.get(stored, null))
             )
+        if invalid is not None and stored in unusable:
+            value = F.when(invalid, unusable[stored]).otherwise(value)
         fields.append(value.cast(kind).alias(name))
-        if stored == "text" and parsed_type is not None:
-            fields.append(F.from_json(value.cast(kind), parsed_type).alias("parsed"))
+        if stored == "text" and parsed is not None and invalid is not None:
+            fields.append(F.when(answered & ~invalid, parsed).alias("parsed"))
     return F.struct(*fields)
 
 

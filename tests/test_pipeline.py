@@ -479,7 +479,11 @@ def test_structured_answers_come_back_as_a_typed_parsed_struct(
         aspects: list[Aspect]
         note: str | None = None
 
-    rows = [(i, f"Review number {i}: fine.") for i in range(12)]
+    from spark_llm_batch.emulator import marker
+
+    broken = {5, 9}  # answers that break the schema (injected): invalid_output, text kept
+    rows = [(i, f"Review number {i}: fine." + (marker("malformed") if i in broken else ""))
+            for i in range(12)]  # fmt: skip
     df = spark.createDataFrame(rows, "id long, prompt string")
     sent = BatchConfig(model=MODELS[provider], store="/tmp/x", response_format=Verdict)
     schema = sent.response_schema
@@ -495,6 +499,12 @@ def test_structured_answers_come_back_as_a_typed_parsed_struct(
     )
     got = {r["id"]: r for r in out.select("id", "llm.*").collect()}
     for i, prompt in rows:
+        if i in broken:
+            assert (got[i]["status"], got[i]["error_class"]) == ("failed", "invalid_output")
+            assert got[i]["text"] is not None
+            assert got[i]["parsed"] is None
+            assert "does not match response_format" in got[i]["error_message"]
+            continue
         expected = _answers.expected_json(schema, prompt, model=MODELS[provider], system=SYSTEM)
         assert got[i]["status"] == "succeeded", got[i]
         assert got[i]["parsed"].asDict(recursive=True) == {
@@ -506,5 +516,8 @@ def test_structured_answers_come_back_as_a_typed_parsed_struct(
     assert out.schema["llm"].dataType["parsed"].dataType.simpleString() == (
         "struct<label:string,stars:int,tags:array<string>>"
     )
-    assert out.where("llm.parsed.label IS NOT NULL AND size(llm.parsed.tags) >= 0").count() == 12
-    assert set(billed_counts(quick_emulator).values()) == {1}
+    assert out.where("llm.parsed.label IS NOT NULL AND size(llm.parsed.tags) >= 0").count() == 10
+    assert out.where("llm.error_class = 'invalid_output'").count() == 2
+    billed = billed_counts(quick_emulator)  # the broken answers were answered: billed once too
+    assert len(billed) == 24
+    assert set(billed.values()) == {1}

@@ -44,6 +44,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._faults import Fault, request_fault
 from ._prompt import (
     InvalidRequestError,
     Turns,
@@ -139,8 +140,10 @@ def openai_chat_response(body: Mapping[str, Any], *, created: int | None = None)
     schema = tool[1] if tool else _openai_schema(body.get("response_format"))
     overhead = json_tokens(body.get("tools")) + json_tokens(schema)
     message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
+    broken = request_fault(body) is Fault.MALFORMED  # a structured answer cut short
     if tool is not None:
         arguments = json.dumps(structured(schema or {}, key), separators=(",", ":"))
+        arguments = arguments[:-1] if broken else arguments
         out_tokens, cut = budget(count_tokens(arguments), limit)
         call = {"name": tool[0], "arguments": arguments}
         message["tool_calls"] = [{"id": f"call_{key}", "type": "function", "function": call}]
@@ -148,6 +151,7 @@ def openai_chat_response(body: Mapping[str, Any], *, created: int | None = None)
         finish = "length" if cut else tool[2]
     else:
         text = _openai_text(body.get("response_format"), schema, key, turns)
+        text = text[:-1] if broken and schema is not None else text
         text, _ = cut_at_stop(text, body.get("stop"))
         text, out_tokens, cut = truncate(text, limit)
         message["content"] = text
@@ -231,13 +235,18 @@ def anthropic_message_response(params: Mapping[str, Any]) -> dict[str, Any]:
     schema = tool[1] if tool else _anthropic_schema(params)
     overhead = json_tokens(params.get("tools")) + json_tokens(schema)
     stop_sequence = None
+    broken = request_fault(params) is Fault.MALFORMED  # a structured answer that breaks its schema
     if tool is not None:
-        value = structured(tool[1], key)
+        value = {} if broken else structured(tool[1], key)
         out_tokens, cut = budget(count_tokens(json.dumps(value, separators=(",", ":"))), limit)
         block = {"type": "tool_use", "id": f"toolu_{key}", "name": tool[0], "input": value}
         content, stop = [block], "max_tokens" if cut else "tool_use"
     else:
-        text = answer_text(key, turns) if schema is None else json_text(schema, key)
+        text = (
+            answer_text(key, turns)
+            if schema is None
+            else json_text(schema, key)[: -1 if broken else None]
+        )
         text, stop_sequence = cut_at_stop(text, params.get("stop_sequences"))
         text, out_tokens, cut = truncate(text, limit)
         content = [{"type": "text", "text": text}]

@@ -10,6 +10,8 @@ message, an embedding input), so a test can target exact rows::
                                 message.refusal; Anthropic stop_reason "refusal")
     [[emulator:timeout]]        OpenAI: error line request_timeout (real time: HTTP 408);
                                 Anthropic: errored timeout_error
+    [[emulator:malformed]]      200, but a structured answer that breaks its schema (OpenAI: the
+                                JSON text cut short; Anthropic: a tool input without its fields)
 
 API for surface modules::
 
@@ -57,6 +59,7 @@ class Fault(str, enum.Enum):
     INVALID_REQUEST = "invalid_request"
     REFUSED = "refused"
     TIMEOUT = "timeout"
+    MALFORMED = "malformed"
 
 
 MARKER_PATTERN = re.compile(r"\[\[emulator:([a-z_]+)\]\]")
