@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import Column, DataFrame
 
+    from spark_llm_batch._schema import Structured
     from spark_llm_batch._store import Store
     from spark_llm_batch._transport import ResultLines, Transport
 
@@ -92,6 +93,7 @@ def collect_batches(
     *,
     retry: RetryPolicy,
     failed_whole: dict[str, str] | None = None,
+    structured: Structured | None = None,
 ) -> Outcomes:
     """Read the results of ended batches and MERGE one row per member into ``results``.
 
@@ -105,6 +107,9 @@ def collect_batches(
         retry: decides which failed rows stay open (``final`` false) for another attempt.
         failed_whole: batch key -> the provider's message, for batches that failed as a whole:
             their members are recorded ``batch_failed`` without reading any result.
+        structured: how structured answers are read: a succeeded answer that does not parse,
+            or lacks a required field, is recorded as an ``invalid_output`` failure (its text
+            kept), checked in the JVM.
 
     Returns:
         The outcome of every batch of ``records``, counted from ``results`` once merged.
@@ -116,7 +121,7 @@ def collect_batches(
     if len(records) > 1 and _members_overlap(store, [r.key for r in records]):
         groups = [[r] for r in sorted(records, key=lambda r: (r.attempt, r.key))]
     for group in groups:
-        _merge_group(store, transport, group, retry, failed_whole)
+        _merge_group(store, transport, group, retry, failed_whole, structured)
     return batch_outcomes(store, records)
 
 
@@ -134,11 +139,14 @@ def _merge_group(
     records: Sequence[BatchRecord],
     retry: RetryPolicy,
     failed_whole: dict[str, str],
+    structured: Structured | None,
 ) -> None:
     readable = [provider_batch(r) for r in records if r.key not in failed_whole]
     now = dt.datetime.now(dt.timezone.utc)
     with transport.result_lines(readable) as lines:
         source = _source(store, records, lines, failed_whole, retry, now)
+        if structured is not None:
+            source = _checked(source, structured, retry)
         store.merge_results(source, insert_only=all(r.attempt == 1 for r in records))
 
 
@@ -190,6 +198,35 @@ def _source(
         F.lit(now).alias("updated_at"),  # a literal: one value for the whole collection
         F.lit(FORMAT_VERSION).alias("format_version"),
     )
+
+
+INVALID_OUTPUT_MESSAGE = (
+    "the answer does not match response_format (it is not JSON of that shape, or a required "
+    "field is missing or null): the raw answer is in text"
+)
+
+
+def _checked(source: DataFrame, structured: Structured, retry: RetryPolicy) -> DataFrame:
+    """``source`` with its succeeded answers that break the format recorded ``invalid_output``
+    (and ``final`` again from the retry policy)."""
+    from pyspark.sql import functions as F
+
+    parsed = F.from_json(F.col("text"), structured.kind)
+    broken = parsed.isNull()
+    for name in structured.required:
+        broken = broken | parsed[name].isNull()
+    bad = (F.col("status") == "succeeded") & broken
+    changed = {
+        "status": F.when(bad, F.lit("failed")).otherwise(F.col("status")),
+        "error_class": F.when(bad, F.lit("invalid_output")).otherwise(F.col("error_class")),
+        "error_message": F.when(bad, F.lit(INVALID_OUTPUT_MESSAGE)).otherwise(
+            F.col("error_message")
+        ),
+        "final": F.when(
+            bad, ~retry_condition(F.lit("invalid_output"), F.col("attempt"), retry)
+        ).otherwise(F.col("final")),
+    }
+    return source.select(*[changed.get(c, F.col(c)).alias(c) for c in source.columns])
 
 
 _MET_COLUMNS = RESULT_COLUMNS[: [name for name, _ in RESULT_COLUMNS].index("final")]

@@ -30,6 +30,7 @@ from spark_llm_batch import _failpoints
 from spark_llm_batch._collect import collect_batches
 from spark_llm_batch._progress import RunSummary
 from spark_llm_batch._retry_lines import retry_requests
+from spark_llm_batch._schema import structured_of
 from spark_llm_batch._store_tables import BatchRecord, Phase
 from spark_llm_batch.errors import AuthenticationError
 from spark_llm_batch.providers.base import BatchState
@@ -139,6 +140,7 @@ class EndedPhase:
             records,
             retry=self.config.retry,
             failed_whole=failed_whole,
+            structured=structured_of(self.config),
         )
         _failpoints.hit("during_collect")
         refused = sum(o.auth for o in outcomes.values())

@@ -24,7 +24,8 @@ truncated        an answer cut at the token limit before any text was produced  
 
 An answer cut at the token limit that has text is ``succeeded`` with ``finish_reason`` ``length``:
 it is an answer and is recorded as one. ``invalid_input``, ``too_large`` (encoding), ``missing``
-(collection) and ``batch_failed`` (a batch failed as a whole) are assigned by other stages.
+and ``invalid_output`` (collection: a structured answer that does not match ``response_format``;
+retried per policy) and ``batch_failed`` (a batch failed as a whole) are assigned by other stages.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ FAILURE_CLASSES: frozenset[str] = frozenset(
         "refused",
         "truncated",
         "missing",
+        "invalid_output",
         "batch_failed",
         "auth",
     }
@@ -67,9 +69,10 @@ FAILURE_CLASSES: frozenset[str] = frozenset(
 """Every ``error_class`` value a failed result can carry."""
 
 RETRYABLE: frozenset[str] = frozenset(
-    {"rate_limited", "server_error", "expired", "missing", "refused"}
+    {"rate_limited", "server_error", "expired", "missing", "refused", "invalid_output"}
 )
-"""Classes re-submitted while :class:`RetryPolicy` allows more attempts (``refused`` defaults to 1).
+"""Classes re-submitted while :class:`RetryPolicy` allows more attempts (``refused`` and
+``invalid_output`` default to 1: no retry).
 
 ``cancelled`` is absent on purpose: it is retried only when the user did not cancel, which the
 orchestrator knows and this module does not.

@@ -174,6 +174,25 @@ def _nullable(node: Any) -> bool:
     return any(_is_null(b) for b in branches) or bool(node.get("nullable"))
 
 
+def structured_of(config: BatchConfig) -> Structured | None:
+    """How the answers of ``config`` (its ``response_format`` a JSON schema by now) are read back,
+    from the schema alone: what collection checks them against."""
+    from pyspark.sql import types as T
+
+    given = config.response_schema
+    if given is None or given.get("type") in ("json_object", "text"):
+        return None
+    schema = (
+        given.get("json_schema", {}).get("schema") if given.get("type") == "json_schema" else given
+    )
+    if not isinstance(schema, Mapping):
+        return None
+    kind = spark_type(schema)
+    if isinstance(kind, T.StructType):
+        return Structured(kind, required_fields(schema))
+    return Structured(kind) if isinstance(kind, T.ArrayType) else None
+
+
 def resolve(config: BatchConfig, spark: SparkSession) -> tuple[BatchConfig, Structured | None]:
     """``config`` with its ``response_format`` as the JSON schema sent, and how answers are
     parsed (``None``: no structured answer, or one without an object or array schema, such as
@@ -182,24 +201,13 @@ def resolve(config: BatchConfig, spark: SparkSession) -> tuple[BatchConfig, Stru
     Raises:
         ConfigError: a DDL string that does not parse, or with a type JSON cannot carry.
     """
-    from pyspark.sql import types as T
-
     given = config.response_format
-    if given is None:
-        return config, None
-    if isinstance(given, str):
+    if isinstance(given, str):  # a DDL string: the output keeps its own types
         struct = _ddl(spark, given)
-        sent = config.model_copy(update={"response_format": json_schema_of(struct)})
-        return sent, Structured(struct, tuple(struct.fieldNames()))
-    schema = (
-        given.get("json_schema", {}).get("schema") if given.get("type") == "json_schema" else given
-    )
-    if not isinstance(schema, Mapping) or given.get("type") in ("json_object", "text"):
-        return config, None
-    kind = spark_type(schema)
-    if isinstance(kind, T.StructType):
-        return config, Structured(kind, required_fields(schema))
-    return config, Structured(kind) if isinstance(kind, T.ArrayType) else None
+        schema = json_schema_of(struct)
+        sent = config.model_copy(update={"response_format": schema})
+        return sent, Structured(struct, required_fields(schema))
+    return config, structured_of(config)
 
 
 def _ddl(spark: SparkSession, ddl: str) -> StructType:

@@ -187,21 +187,12 @@ def _join_results(
 _PENDING_MESSAGE = (
     "not answered yet: its batch is still in flight; run the same call again to collect it"
 )
-INVALID_OUTPUT = "invalid_output"
-"""The failure class of a structured answer that does not parse or lacks a required field."""
-_INVALID_MESSAGE = (
-    "the answer does not match response_format (it is not JSON of that shape, or a required "
-    "field is missing or null): the raw answer is in text"
-)
 
 
 def _result_struct(structured: Structured | None = None) -> Column:
-    """The result struct: encode failures first, then the stored result, else ``pending``.
-
-    With ``structured``, the answer parsed in the JVM follows ``text`` as ``parsed``, and an
-    answer that does not parse, or lacks a required field, is a failure of class
-    ``invalid_output`` (its text kept, ``parsed`` null).
-    """
+    """The result struct: encode failures first, then the stored result, else ``pending``; with
+    ``structured``, a succeeded answer parsed in the JVM follows ``text`` as ``parsed``
+    (collection recorded the answers that do not parse as ``invalid_output``)."""
     from pyspark.sql import functions as F
 
     encode_failed = F.col(C.ERR_CLASS).isNotNull()
@@ -211,15 +202,6 @@ def _result_struct(structured: Structured | None = None) -> Column:
                   "error_message": F.col(C.ERR_MSG), "attempt": F.lit(0)}  # fmt: skip
     pending = {"status": F.lit("pending"), "error_class": F.lit("pending"),
                "error_message": F.lit(_PENDING_MESSAGE), "attempt": F.lit(0)}  # fmt: skip
-    unusable = {"status": F.lit("failed"), "error_class": F.lit(INVALID_OUTPUT),
-                "error_message": F.lit(_INVALID_MESSAGE)}  # fmt: skip
-    parsed = invalid = None
-    if structured is not None:
-        parsed = F.from_json(F.col("__r_text"), structured.kind)
-        broken = parsed.isNull()
-        for name in structured.required:
-            broken = broken | parsed[name].isNull()
-        invalid = answered & (F.col("__r_status") == "succeeded") & broken
     fields = []
     for stored, name, kind in _output_columns():
         if stored == "hash":
@@ -231,11 +213,11 @@ def _result_struct(structured: Structured | None = None) -> Column:
                 .when(answered, F.col(f"__r_{stored}"))
                 .otherwise(pending.get(stored, null))
             )
-        if invalid is not None and stored in unusable:
-            value = F.when(invalid, unusable[stored]).otherwise(value)
         fields.append(value.cast(kind).alias(name))
-        if stored == "text" and parsed is not None and invalid is not None:
-            fields.append(F.when(answered & ~invalid, parsed).alias("parsed"))
+        if stored == "text" and structured is not None:
+            succeeded = answered & (F.col("__r_status") == "succeeded")
+            parsed = F.from_json(F.col("__r_text"), structured.kind)
+            fields.append(F.when(succeeded, parsed).alias("parsed"))
     return F.struct(*fields)
 
 

@@ -173,6 +173,14 @@ class RetryPolicy(_Strict):
     refused: int = Field(
         default=1, ge=1, description="Attempts for refused requests (1: no retry)."
     )
+    invalid_output: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Attempts for structured answers that do not match response_format (1: no retry; "
+            "each attempt is answered, so billed)."
+        ),
+    )
 
     def attempts_for(self, failure_class: str) -> int:
         """Attempts allowed for ``failure_class``; 1 (no retry) for classes not listed."""

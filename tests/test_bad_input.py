@@ -38,7 +38,11 @@ def _options(emulator: Emulator, tmp_path: Path, **extra: Any) -> dict[str, Any]
             {},
             r"prompt column 'question' is not in the DataFrame; its columns are: id, n, prompt",
         ),
-        ("n", {}, r"prompt column 'n' has type int: a prompt column holds strings, or conversations"),
+        (
+            "n",
+            {},
+            r"prompt column 'n' has type int: a prompt column holds strings, or conversations",
+        ),
         ("prompt", {"model": "llama-3"}, r"cannot tell the provider of model 'llama-3'"),
         ("prompt", {"model": "mistral:large"}, r"unknown provider 'mistral'"),
         ("prompt", {"result_col": "n"}, r"result column 'n' already exists in the input"),

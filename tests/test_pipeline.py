@@ -489,9 +489,11 @@ def test_structured_answers_come_back_as_a_typed_parsed_struct(
     schema = sent.response_schema
     assert schema is not None
 
-    out = df.llm_batch(
-        "prompt", id_col="id", response_format=Verdict, **options(quick_emulator, tmp_path / "a")
-    )
+    from spark_llm_batch.config import RetryPolicy
+
+    again = RetryPolicy(invalid_output=2)  # ask once more for an answer that breaks the schema
+    first = options(quick_emulator, tmp_path / "a", retry=again)
+    out = df.llm_batch("prompt", id_col="id", response_format=Verdict, **first)
     parsed = out.schema["llm"].dataType["parsed"].dataType
     assert parsed.simpleString() == (
         "struct<label:string,stars:bigint,tags:array<string>,"
@@ -504,6 +506,7 @@ def test_structured_answers_come_back_as_a_typed_parsed_struct(
             assert got[i]["text"] is not None
             assert got[i]["parsed"] is None
             assert "does not match response_format" in got[i]["error_message"]
+            assert got[i]["attempts"] == 2  # asked again, and broken again (the marker stays)
             continue
         expected = _answers.expected_json(schema, prompt, model=MODELS[provider], system=SYSTEM)
         assert got[i]["status"] == "succeeded", got[i]
@@ -518,6 +521,8 @@ def test_structured_answers_come_back_as_a_typed_parsed_struct(
     )
     assert out.where("llm.parsed.label IS NOT NULL AND size(llm.parsed.tags) >= 0").count() == 10
     assert out.where("llm.error_class = 'invalid_output'").count() == 2
-    billed = billed_counts(quick_emulator)  # the broken answers were answered: billed once too
+    billed = billed_counts(quick_emulator)  # the broken answers were answered: billed too
     assert len(billed) == 24
-    assert set(billed.values()) == {1}
+    twice = {h for h, n in billed.items() if n == 2}
+    assert set(billed.values()) == {1, 2}
+    assert twice == {r["request_hash"] for r in got.values() if r["id"] in broken}

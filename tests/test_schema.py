@@ -67,9 +67,10 @@ def test_a_ddl_string_is_its_own_spark_type_and_a_strict_schema(spark: SparkSess
         _ = config.response_schema  # a provider cannot send it before llm_batch resolves it
     resolved, parsed = resolve(config, spark)
     assert parsed is not None
-    assert parsed.simpleString() == (
+    assert parsed.kind.simpleString() == (
         "struct<label:string,score:double,n:int,tags:array<string>,at:struct<city:string>>"
     )
+    assert parsed.required == ("label", "score", "n", "tags", "at")
     schema = resolved.response_schema
     assert schema == {
         "type": "object",
@@ -110,7 +111,8 @@ def test_a_json_schema_is_sent_as_given_and_only_object_or_array_answers_are_par
     resolved, parsed = resolve(config, spark)
     assert resolved.response_schema == given
     assert parsed is not None
-    assert parsed.simpleString() == "struct<a:bigint>"
+    assert parsed.kind.simpleString() == "struct<a:bigint>"
+    assert parsed.required == ()  # not required, and nullable
     free = BatchConfig(model="gpt-4o-mini", store="/tmp/s", response_format={"type": "json_object"})
     assert resolve(free, spark)[1] is None
     union = {
@@ -118,3 +120,17 @@ def test_a_json_schema_is_sent_as_given_and_only_object_or_array_answers_are_par
         "properties": {"x": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
     }
     assert spark_type(union).simpleString() == "struct<x:string>"  # kept as its JSON text
+
+
+def test_required_fields_are_the_required_ones_that_cannot_be_null() -> None:
+    from spark_llm_batch._schema import required_fields, structured_of
+
+    config = BatchConfig(model="gpt-4o-mini", store="/tmp/s", response_format=Review)
+    structured = structured_of(config)
+    assert structured is not None
+    # summary is required by the strict schema, but may be null: an answer may leave it so.
+    assert structured.required == ("mood", "stars", "recommended", "tags", "aspects")
+    assert (
+        required_fields({"properties": {"a": {"type": ["string", "null"]}}, "required": ["a"]})
+        == ()
+    )

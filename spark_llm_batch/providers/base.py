@@ -235,12 +235,15 @@ class Provider(ABC):
     """Whether a batch carries our key (metadata). ``False``: :meth:`find` can only match on request
     count and creation time, so the orchestrator commits after every create to keep that window
     short, and never adopts a batch the store already records."""
-    billed_classes: ClassVar[frozenset[str]] = frozenset({"succeeded", "refused", "truncated"})
+    billed_classes: ClassVar[frozenset[str]] = frozenset(
+        {"succeeded", "refused", "truncated", "invalid_output"}
+    )
     """The billing rule: the result classes whose usage the provider bills, where a row's class is
     ``"succeeded"`` for a succeeded row, else its ``error_class`` (see :meth:`is_billed`).
 
-    The default is every answer the provider produced: refusals and answers cut at the token limit
-    with no text are recorded as failures, but the provider answered them and bills them. OpenAI
+    The default is every answer the provider produced: refusals, answers cut at the token limit
+    with no text and structured answers that break their schema are recorded as failures, but the
+    provider answered them and bills them. OpenAI
     (each 200 line of the output file) and Anthropic (each ``succeeded`` result, whatever its
     ``stop_reason``) both bill so, also inside expired and cancelled batches; requests that errored,
     expired or were cancelled before they ran are not billed."""

@@ -28,7 +28,9 @@ def test_split_lines_only_on_newline() -> None:
 
 
 def test_billing_rule_bills_every_answer() -> None:
-    assert Provider.billed_classes == frozenset({"succeeded", "refused", "truncated"})
+    assert Provider.billed_classes == frozenset(
+        {"succeeded", "refused", "truncated", "invalid_output"}
+    )
     assert Provider.is_billed("succeeded", None)
     assert Provider.is_billed("failed", "refused")
     assert Provider.is_billed("failed", "truncated")
