@@ -13,7 +13,7 @@ Heavy modules (the SDKs, the emulator's server, Spark's JVM) load only when firs
 from __future__ import annotations
 
 from spark_llm_batch._extension import attach as _attach
-from spark_llm_batch.api import llm_batch
+from spark_llm_batch.api import llm_batch, llm_embed
 from spark_llm_batch.config import (
     BatchConfig,
     BatchLimits,
@@ -46,6 +46,7 @@ __all__ = [
     "__version__",
     "get_session",
     "llm_batch",
+    "llm_embed",
     "local_session",
 ]
 

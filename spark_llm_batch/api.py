@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from spark_llm_batch import _columns as C
-from spark_llm_batch.config import BatchConfig
+from spark_llm_batch.config import EMBEDDINGS, BatchConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from spark_llm_batch._store import Store
     from spark_llm_batch._store_tables import BatchRecord
 
-__all__ = ["RESULT_FIELDS", "llm_batch"]
+__all__ = ["RESULT_FIELDS", "llm_batch", "llm_embed"]
 
 log = logging.getLogger("spark_llm_batch")
 
@@ -134,6 +134,36 @@ def _prompts(
     return rendered, C.PROMPT, template.null_message()
 
 
+def llm_embed(
+    df: DataFrame, text_col: str | None = None, *, config: BatchConfig | None = None, **options: Any
+) -> DataFrame:
+    """One embedding per row of ``df`` through OpenAI's batch ``/v1/embeddings`` endpoint.
+
+    :func:`llm_batch` with ``openai={"endpoint": "/v1/embeddings"}``: the same store, resume,
+    dedup and billing guarantees; each request embeds one text (so a batch holds at most the
+    endpoint's 50,000 inputs). The result struct holds ``embedding`` (``array<float>``) in place of
+    ``text``; ``params`` may set ``dimensions`` (and ``user``).
+
+    Raises:
+        ConfigError: the model is not OpenAI's, or the call sets what embeddings do not take
+            (``system``, ``response_format``, other params, a conversation column).
+
+    Example:
+        >>> out = llm_embed(df, "text", model="text-embedding-3-small", store="/lake/s")  # doctest: +SKIP
+        >>> out.select("id", "llm.embedding").show()  # doctest: +SKIP
+    """
+    from spark_llm_batch.errors import ConfigError
+
+    cfg = _resolve_config(config, options)
+    if cfg.provider_id != "openai":
+        raise ConfigError(
+            f"embeddings run through OpenAI's batch {EMBEDDINGS} endpoint: model {cfg.model!r} "
+            "is not OpenAI's (e.g. model='text-embedding-3-small')"
+        )
+    embeds = cfg.openai.model_copy(update={"endpoint": EMBEDDINGS})
+    return llm_batch(df, text_col, config=cfg.model_copy(update={"openai": embeds}))
+
+
 def _resolve_config(config: BatchConfig | None, options: dict[str, Any]) -> BatchConfig:
     if config is None:
         return BatchConfig.build(options)
@@ -181,7 +211,9 @@ def _join_results(
     )
     joined = encoded.join(results, C.HASH, "left")
     input_cols = [c for c in encoded.columns if not c.startswith(C.RESERVED_PREFIX)]
-    return joined.select(*input_cols, _result_struct(structured).alias(cfg.result_col))
+    embeds = cfg.openai.endpoint == EMBEDDINGS
+    result = _result_struct(structured, embeds)
+    return joined.select(*input_cols, result.alias(cfg.result_col))
 
 
 _PENDING_MESSAGE = (
@@ -189,10 +221,11 @@ _PENDING_MESSAGE = (
 )
 
 
-def _result_struct(structured: Structured | None = None) -> Column:
+def _result_struct(structured: Structured | None = None, embeds: bool = False) -> Column:
     """The result struct: encode failures first, then the stored result, else ``pending``; with
     ``structured``, a succeeded answer parsed in the JVM follows ``text`` as ``parsed``
-    (collection recorded the answers that do not parse as ``invalid_output``)."""
+    (collection recorded the answers that do not parse as ``invalid_output``). With ``embeds``,
+    ``embedding`` (``array<float>``, read in the JVM from the stored answer) replaces ``text``."""
     from pyspark.sql import functions as F
 
     encode_failed = F.col(C.ERR_CLASS).isNotNull()
@@ -213,6 +246,10 @@ def _result_struct(structured: Structured | None = None) -> Column:
                 .when(answered, F.col(f"__r_{stored}"))
                 .otherwise(pending.get(stored, null))
             )
+        if stored == "text" and embeds:
+            vectors = F.from_json(F.col("__r_text"), "array<struct<embedding: array<float>>>")
+            fields.append(F.when(answered, vectors[0]["embedding"]).alias("embedding"))
+            continue
         fields.append(value.cast(kind).alias(name))
         if stored == "text" and structured is not None:
             succeeded = answered & (F.col("__r_status") == "succeeded")
@@ -255,6 +292,7 @@ def _default_output(df: DataFrame, cfg: BatchConfig, prompt_col: str | None) -> 
             "result_col": cfg.result_col,
             # Only when set: calls without a template keep the locations they had.
             **({"template": [cfg.template, cfg.template_nulls]} if cfg.template else {}),
+            **({"endpoint": cfg.openai.endpoint} if cfg.openai.endpoint == EMBEDDINGS else {}),
         },
         sort_keys=True,
         default=str,

@@ -130,6 +130,10 @@ class ProviderSettings(_Strict):
         return self.model_copy(update={"api_key": api_key, "base_url": base_url})
 
 
+EMBEDDINGS = "/v1/embeddings"
+"""OpenAI's embeddings endpoint: one text per request, a vector per answer (``llm_embed``)."""
+
+
 class OpenAIOptions(_Strict):
     """Options of OpenAI's Batch API only (``openai={...}``)."""
 

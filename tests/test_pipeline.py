@@ -526,3 +526,48 @@ def test_structured_answers_come_back_as_a_typed_parsed_struct(
     twice = {h for h, n in billed.items() if n == 2}
     assert set(billed.values()) == {1, 2}
     assert twice == {r["request_hash"] for r in got.values() if r["id"] in broken}
+
+
+def test_embeddings_give_one_vector_of_the_model_dimension_per_row_billed_once(
+    spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+) -> None:
+    import math
+
+    from spark_llm_batch.emulator._answers import openai_embedding_response
+    from spark_llm_batch.errors import ConfigError
+
+    rows = [(i, f"text number {i % 25}" if i != 3 else None) for i in range(60)]  # 25 distinct
+    df = spark.createDataFrame(rows, "id long, text string")
+    options = pipeline_options(quick_emulator, tmp_path / "store", max_requests=10)
+    model = "text-embedding-3-small"
+    embed = {**options, "model": model, "system": None, "params": {"dimensions": 8}}
+
+    with pytest.raises(ConfigError, match="not OpenAI's"):
+        df.llm_embed("text", **{**embed, "model": "claude-3-5-haiku-latest"})
+    with pytest.raises(ConfigError, match="embeddings take only the params"):
+        df.llm_embed("text", **{**embed, "params": {"temperature": 0}})
+    assert quick_emulator.ledger() == []
+
+    out = df.llm_embed("text", id_col="id", **embed)
+    assert out.schema["llm"].dataType["embedding"].dataType.simpleString() == "array<float>"
+    assert "text" not in out.schema["llm"].dataType.fieldNames()
+    got = {r["id"]: r for r in out.select("id", "text", "llm.*").collect()}
+    assert len(got) == 60
+    for i, text in rows:
+        if text is None:
+            assert (got[i]["status"], got[i]["error_class"]) == ("failed", "invalid_input")
+            continue
+        assert got[i]["status"] == "succeeded", got[i]
+        vector = got[i]["embedding"]
+        assert len(vector) == 8
+        assert math.isclose(sum(x * x for x in vector), 1.0, rel_tol=1e-4)  # a unit vector
+        body = {"model": model, "input": text, "encoding_format": "float", "dimensions": 8}
+        expected = openai_embedding_response(body)["data"][0]["embedding"]
+        assert vector == pytest.approx(expected, rel=1e-6)
+        assert got[i]["input_tokens"] > 0
+    billed = billed_counts(quick_emulator)
+    assert len(billed) == 25  # identical texts are embedded once
+    assert set(billed.values()) == {1}
+    again = df.llm_embed("text", id_col="id", **embed)  # answered from the store
+    assert again.where("llm.status = 'succeeded'").count() == 59
+    assert billed_counts(quick_emulator) == billed

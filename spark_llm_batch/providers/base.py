@@ -43,6 +43,7 @@ from pydantic import SecretStr
 
 from spark_llm_batch._retry import RetrySettings, call_with_retry
 from spark_llm_batch.config import BatchConfig, ProviderSettings
+from spark_llm_batch.errors import ConfigError
 
 __all__ = [
     "AmbiguousBatch",
@@ -302,8 +303,22 @@ class Provider(ABC):
         return (status if status == "succeeded" else error_class) in cls.billed_classes
 
     def batch_limits(self, config: BatchConfig) -> tuple[int, int]:
-        """Requests and encoded bytes allowed per batch: the config's limits, else the provider's."""
+        """Requests and encoded bytes allowed per batch: the config's limits, else the provider's
+        (OpenAI's 50,000 requests hold for its embeddings endpoint too: one input per request).
+
+        Raises:
+            ConfigError: a limit over the provider's own (its batches would be refused).
+        """
         limits = config.limits
+        for name, given, most in (
+            ("max_requests", limits.max_requests, self.default_max_requests),
+            ("max_bytes", limits.max_bytes, self.default_max_bytes),
+        ):
+            if given is not None and given > most:
+                raise ConfigError(
+                    f"limits.{name}={given} is over {self.name}'s batch limit of {most}: its "
+                    "batches would be refused (leave it unset for the provider's own)"
+                )
         return (
             limits.max_requests or self.default_max_requests,
             limits.max_bytes or self.default_max_bytes,

@@ -26,7 +26,7 @@ from itertools import starmap
 from typing import Any, BinaryIO, ClassVar, TypeVar
 
 from spark_llm_batch._retry import RetrySettings, call_with_retry
-from spark_llm_batch.config import BatchConfig
+from spark_llm_batch.config import EMBEDDINGS, BatchConfig
 from spark_llm_batch.errors import ConfigError, ProviderError, redact
 from spark_llm_batch.providers._openai_results import parse_openai_row
 from spark_llm_batch.providers._sdk import translated
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 _STATES = {state.value: state for state in BatchState}
 # Body keys the provider sets itself: a params entry with these names would silently override them.
 _BODY_KEYS = frozenset({"model", "messages"})
+_EMBEDDING_PARAMS = frozenset({"dimensions", "user"})
 KEY_FIELD = "llm_batch_key"
 ATTEMPT_FIELD = "llm_batch_attempt"
 # Our clock and the provider's differ: look this much further back when reconciling a create.
@@ -85,11 +86,15 @@ class OpenAIProvider(Provider):
 
     def request_body(self, config: BatchConfig, prompt: Prompt) -> dict[str, Any]:
         """The chat completions body: model, messages (``config.system`` first, then the prompt's
-        text as the user's, or its messages), ``config.params``, response format.
+        text as the user's, or its messages), ``config.params``, response format. For the
+        embeddings endpoint: model, the text as ``input``, floats, and ``dimensions``/``user``.
 
         Raises:
-            ConfigError: ``config.params`` sets ``model`` or ``messages``.
+            ConfigError: ``config.params`` sets ``model`` or ``messages``; or, for embeddings,
+                a conversation, ``system``, ``response_format`` or another parameter.
         """
+        if config.openai.endpoint == EMBEDDINGS:
+            return _embedding_body(config, prompt)
         clash = _BODY_KEYS.intersection(config.params)
         if clash:
             raise ConfigError(
@@ -271,6 +276,22 @@ class OpenAIProvider(Provider):
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         with _translated(what):
             return fn()
+
+
+def _embedding_body(config: BatchConfig, prompt: Prompt) -> dict[str, Any]:
+    """The ``/v1/embeddings`` body of one text (see :meth:`OpenAIProvider.request_body`)."""
+    if not isinstance(prompt, str):
+        raise ConfigError("embeddings take a text column, not conversations")
+    given = [name for name in ("system", "response_format") if getattr(config, name)]
+    if given:
+        raise ConfigError(f"embeddings take none of {given}: remove them")
+    other = sorted(set(config.params) - _EMBEDDING_PARAMS)
+    if other:
+        raise ConfigError(
+            f"embeddings take only the params {sorted(_EMBEDDING_PARAMS)}, not {other}"
+        )
+    return {"model": config.model_name, "input": prompt, "encoding_format": "float",
+            **config.params}  # fmt: skip
 
 
 def response_format(schema: dict[str, Any]) -> dict[str, Any]:

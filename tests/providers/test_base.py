@@ -105,3 +105,21 @@ def test_one_retry_layer_max_retries_plus_one_calls_in_all(name: str) -> None:
     assert info.value.status == 503
     # The SDK's own retries are off: its tries never multiply ours (4 x 4 would be 16 calls).
     assert server.calls == 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_limits_over_the_providers_own_are_refused(name: str) -> None:
+    from spark_llm_batch.config import BatchConfig, BatchLimits
+    from spark_llm_batch.errors import ConfigError
+
+    provider = provider_class(name)(ProviderSettings(api_key=SecretStr(KEY)))
+    model = "gpt-4o-mini" if name == "openai" else "claude-haiku-4-5"
+    most = provider.default_max_requests
+    fine = BatchConfig(model=model, store="/s", limits=BatchLimits(max_requests=most))
+    assert provider.batch_limits(fine) == (most, provider.default_max_bytes)
+    over = BatchConfig(model=model, store="/s", limits=BatchLimits(max_requests=most + 1))
+    with pytest.raises(ConfigError, match=f"limits.max_requests={most + 1} is over {name}'s"):
+        provider.batch_limits(over)
+    big = BatchConfig(model=model, store="/s", limits=BatchLimits(max_bytes=10**12))
+    with pytest.raises(ConfigError, match=r"limits\.max_bytes"):
+        provider.batch_limits(big)
