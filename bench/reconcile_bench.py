@@ -14,8 +14,8 @@ create is found by key; Anthropic's batches carry no metadata, so by request cou
 create at a time, committed right after it): the question this measures is what that guarantees.
 
 A third scenario makes the lookup ambiguous on purpose: after every kill, before the resume, a
-rival (another job, on another store) creates an Anthropic batch of the same size (10 requests)
-through the SDK. The resumed run then sees two unrecorded batches of the chunk's size created
+rival (another job, on another store) creates an Anthropic batch of the same size as the one the
+killed run created, through the SDK. The resumed run then sees two unrecorded batches of the chunk's size created
 since its intent; it must neither create again nor adopt the rival's, and tell them apart by
 their results' ids once they end. The rival's batches and requests are left out of the counts.
 """
@@ -49,12 +49,11 @@ SCENARIOS = ("openai", "anthropic", RIVALLED)
 
 _RIVAL = "rival"
 """The custom_id prefix of the rival's requests (no request hash of ours starts so)."""
-_RIVAL_SIZE = 10
-"""The rival's batch size: the job's batch size, so that its batches match on count."""
 
 
 def _rival(emu: Emulator) -> Callable[[], None]:
-    """Create, on each call, one Anthropic batch of the job's batch size with other requests."""
+    """Create, on each call, one Anthropic batch with other requests, of the size of the batch
+    the killed run created last (so that it matches that batch's chunk on count)."""
     import anthropic
 
     client = anthropic.Anthropic(base_url=emu.anthropic_base_url, api_key=API_KEY, max_retries=0)
@@ -62,6 +61,10 @@ def _rival(emu: Emulator) -> Callable[[], None]:
 
     def create() -> None:
         n = len(made)
+        latest = next(iter(client.messages.batches.list(limit=1)))
+        counts = latest.request_counts
+        size = counts.processing + counts.succeeded + counts.errored + counts.canceled
+        size += counts.expired
         requests: Any = [
             {
                 "custom_id": f"{_RIVAL}{n:03d}x{i:03d}",
@@ -71,7 +74,7 @@ def _rival(emu: Emulator) -> Callable[[], None]:
                     "messages": [{"role": "user", "content": f"rival question {n}.{i}"}],
                 },
             }
-            for i in range(_RIVAL_SIZE)
+            for i in range(size)
         ]
         made.append(client.messages.batches.create(requests=requests).id)
 
@@ -108,7 +111,9 @@ def _round(scenario: str) -> dict[str, float]:
             "answered": sum(1 for r in rows if r["llm"]["status"] == "succeeded"),
             "rows": len(rows),
             "seconds": seconds,
-            # Lookups that saw several unrecorded candidates and held the chunk (no result yet).
+            # Lookups that saw several unrecorded candidates of the chunk's size.
+            "ambiguous": logs.count("candidates at the provider"),
+            # ... and held the chunk, none of them having results yet.
             "held": logs.count("adopting none, creating none"),
             # Candidates a lookup told apart by a result id (the chunk's, or another's).
             "told": logs.count("holds the chunk's requests") + logs.count("holds other requests"),
@@ -123,9 +128,9 @@ def run(repeats: int = 3) -> str:
         "batch of the chunk's size is created after every kill (not counted below).",
         "",
         "| scenario | rounds | kills per round | batches created | created in vain | requests "
-        "billed twice | rows answered | lookups held (ambiguous) | candidates told apart by "
-        "results | seconds per round (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "billed twice | rows answered | lookups with several candidates | of which held | "
+        "candidates told apart by results | seconds per round (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in SCENARIOS:
         rounds = [_round(scenario) for _ in range(repeats)]
@@ -133,7 +138,8 @@ def run(repeats: int = 3) -> str:
         lines.append(
             f"| {scenario} | {repeats} | {total['killed'] / repeats:.1f} | {int(total['batches'])} "
             f"| {int(total['unused'])} | {int(total['twice'])} of {int(total['billed'])} | "
-            f"{int(total['answered'])} of {int(total['rows'])} | {int(total['held'])} | "
+            f"{int(total['answered'])} of {int(total['rows'])} | {int(total['ambiguous'])} | "
+            f"{int(total['held'])} | "
             f"{int(total['told'])} | "
             f"{statistics.median(r['seconds'] for r in rounds):.0f} |"
         )

@@ -465,6 +465,9 @@ class Orchestrator(EndedPhase):
             found = self.provider.find(record.chunk, record.updated_at, owned)
         except AmbiguousBatch as exc:
             candidates = exc.candidates
+            log.info("batch %s: %d candidates at the provider (%s), telling them apart by their "
+                     "results", record.key, len(candidates),
+                     ", ".join(c.batch_id for c in candidates))  # fmt: skip
         else:
             if found is None or self.provider.tags_batches:
                 return found
