@@ -95,7 +95,7 @@ def main() -> int:
         )
         typed.select(
             "id", "product", "llm.parsed.label", "llm.parsed.stars", "llm.parsed.tags"
-        ).show(3, truncate=40)
+        ).orderBy("id").show(3, truncate=40)
         typed_ok = typed.where("llm.parsed.stars IS NOT NULL").count()
         print(f"structured answers parsed into typed columns: {typed_ok} of {reviews.count()}")
         print(f"store and output under {work}")
