@@ -153,3 +153,35 @@ def test_llm_batch_on_connect_answers_every_row_once_and_reruns_for_free(
         i: row["text"] for i, row in got.items()
     }
     assert len(emu.ledger()) == len(rows)
+
+
+def test_templates_conversations_and_typed_answers_on_connect(
+    connect_spark: SparkSession, fresh_emulator: Callable[..., Emulator], server_dir: str
+) -> None:
+    # What the client builds (a template, a DDL response_format parsed by the server, a
+    # conversation column) runs on Connect as on classic Spark.
+    emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0)
+    options = _options(emu, f"{server_dir}/store", "anthropic")
+    rows = [(i, f"product {i}", f"review {i}") for i in range(6)]
+    df = connect_spark.createDataFrame(rows, "id long, product string, review string")
+    typed = df.llm_batch(
+        template="Classify {review} of {product}",
+        response_format="label STRING, stars INT",
+        id_col="id",
+        **options,
+    )
+    assert typed.schema["llm"].dataType["parsed"].dataType.simpleString() == (
+        "struct<label:string,stars:int>"
+    )
+    assert typed.where("llm.status = 'succeeded' AND llm.parsed.stars IS NOT NULL").count() == 6
+    chats = connect_spark.createDataFrame(
+        [(i, [{"role": "user", "content": f"hi {i}"}]) for i in range(4)],
+        "id long, messages array<struct<role: string, content: string>>",
+    )
+    out = chats.llm_batch("messages", id_col="id", **options)
+    got = {r["id"]: r["text"] for r in out.select("id", "llm.text").collect()}
+    for i in range(4):
+        assert got[i] == _answers.expected_text(
+            [("user", f"hi {i}")], model=MODELS["anthropic"], system=SYSTEM
+        )
+    assert set(billed_counts(emu).values()) == {1}
