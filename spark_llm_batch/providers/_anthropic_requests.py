@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from spark_llm_batch.config import BatchConfig
 from spark_llm_batch.errors import ConfigError
-from spark_llm_batch.providers.base import ChunkMissing, ChunkRef, Prompt
+from spark_llm_batch.providers.base import ChunkMissing, ChunkRef, Prompt, prompt_messages
 
 __all__ = ["CreateBody", "forced_tool", "messages_params"]
 
@@ -56,11 +56,7 @@ def messages_params(config: BatchConfig, prompt: Prompt) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": config.model_name,
         "max_tokens": _max_tokens(params, config.anthropic.max_tokens),
-        "messages": (
-            [{"role": "user", "content": prompt}]
-            if isinstance(prompt, str)
-            else [{"role": m["role"], "content": m["content"]} for m in prompt]
-        ),
+        "messages": prompt_messages(prompt),
     }
     if config.system:
         body["system"] = config.system

@@ -56,6 +56,7 @@ __all__ = [
     "ResultRecord",
     "ResultRow",
     "parse_result_lines",
+    "prompt_messages",
     "split_lines",
 ]
 
@@ -424,6 +425,19 @@ class Provider(ABC):
         """``fn()`` through :meth:`_call`, transient failures retried within :attr:`retry`."""
         settings = self.retry or RetrySettings()
         return call_with_retry(lambda: self._call(what, fn), settings=settings, what=what)
+
+
+def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """The messages of ``prompt``: its text as the one user message, or its conversation's
+    ``{"role", "content"}`` pairs in order (other keys left out).
+
+    Example:
+        >>> prompt_messages("hi")
+        [{'role': 'user', 'content': 'hi'}]
+    """
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 def parse_result_lines(

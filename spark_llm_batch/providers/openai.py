@@ -39,6 +39,7 @@ from spark_llm_batch.providers.base import (
     ResultRecord,
     ResultRow,
     parse_result_lines,
+    prompt_messages,
     split_lines,
 )
 
@@ -104,10 +105,7 @@ class OpenAIProvider(Provider):
         messages: list[dict[str, str]] = []
         if config.system:
             messages.append({"role": "system", "content": config.system})
-        if isinstance(prompt, str):
-            messages.append({"role": "user", "content": prompt})
-        else:
-            messages += [{"role": m["role"], "content": m["content"]} for m in prompt]
+        messages += prompt_messages(prompt)
         body: dict[str, Any] = {"model": config.model_name, "messages": messages, **config.params}
         if config.response_schema is not None:
             body["response_format"] = response_format(config.response_schema)
