@@ -1,4 +1,5 @@
-"""What the SDK-backed providers share: translating SDK errors into :mod:`spark_llm_batch.errors`.
+"""What the SDK-backed providers share: translating SDK errors into :mod:`spark_llm_batch.errors`,
+and the one real-time call (:func:`post_json`).
 
 The ``openai`` and ``anthropic`` SDKs are generated alike: both raise ``APIStatusError`` (with
 ``status_code``, ``message``, ``body`` and ``response``) for an HTTP error answer and
@@ -17,7 +18,7 @@ from typing import Any
 from spark_llm_batch._retry import parse_retry_after
 from spark_llm_batch.errors import AuthenticationError, ProviderError
 
-__all__ = ["translated"]
+__all__ = ["post_json", "translated"]
 
 
 @contextlib.contextmanager
@@ -52,3 +53,19 @@ def _status_error(exc: Any, provider: str, what: str, hint: str | None) -> Provi
         return AuthenticationError(message + hint, status=status, body=exc.body)
     retry_after = parse_retry_after(dict(exc.response.headers))
     return ProviderError(message, status=status, body=exc.body, retry_after=retry_after)
+
+
+def post_json(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` as JSON to ``path`` through an SDK ``client``; the decoded JSON answer.
+
+    The body goes as it is (the request a batch line carries), not through the SDK's typed
+    keyword arguments, which would refuse parameters they do not know. Errors are the SDK's:
+    call it inside :func:`translated`.
+
+    Raises:
+        ProviderError: the answer is not a JSON object.
+    """
+    answer = client.post(path, body=body, cast_to=object)
+    if not isinstance(answer, dict):
+        raise ProviderError(f"the answer to POST {path} is not a JSON object")
+    return answer

@@ -42,7 +42,7 @@ from spark_llm_batch.config import AnthropicOptions, BatchConfig
 from spark_llm_batch.errors import ConfigError, ProviderError
 from spark_llm_batch.providers._anthropic_requests import CreateBody, messages_params
 from spark_llm_batch.providers._anthropic_results import parse_anthropic_row
-from spark_llm_batch.providers._sdk import translated
+from spark_llm_batch.providers._sdk import post_json, translated
 from spark_llm_batch.providers.base import (
     AmbiguousBatch,
     BatchState,
@@ -52,6 +52,7 @@ from spark_llm_batch.providers.base import (
     ProviderBatch,
     ResultRecord,
     ResultRow,
+    answer_text,
     parse_result_lines,
     split_lines,
 )
@@ -159,6 +160,22 @@ class AnthropicProvider(Provider):
             )
             with _translated(f"reading results of {batch_id}"):
                 yield from split_lines(response.iter_bytes())
+
+    # ---- real time --------------------------------------------------------------------------------
+
+    def complete(self, config: BatchConfig, prompt: Prompt) -> str:
+        """One Messages API call with :meth:`request_body`'s params (see :meth:`Provider.complete`).
+
+        Raises:
+            ProviderError: the request failed, or the answer is refused or empty.
+        """
+        body = self.request_body(config, prompt)
+        client = self._sdk()
+        answer = self._retrying(
+            "answering a real-time prompt", lambda: post_json(client, ENDPOINT, body)
+        )
+        line = {"custom_id": "realtime", "result": {"type": "succeeded", "message": answer}}
+        return answer_text("Anthropic", parse_anthropic_row(json.dumps(line)))
 
     # ---- control plane ----------------------------------------------------------------------------
 

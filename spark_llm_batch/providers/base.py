@@ -8,7 +8,9 @@ below. A provider has two halves:
   a chunk, ``upload`` streams a chunk's lines to the provider, and ``iter_results`` streams a
   finished batch's results as :class:`ResultRecord` values (``iter_result_rows``: the same as plain
   tuples, what collection reads);
-- the control plane, run on the driver: ``create``, ``find``, ``retrieve``, ``cancel``.
+- the control plane, run on the driver: ``create``, ``find``, ``retrieve``, ``cancel``;
+- one real-time call, ``complete``: a single prompt through the provider's real-time API (the
+  SQL scalar ``llm_query``, on executors), with the request body a batch line would carry.
 
 The data plane never opens a file: the lines to upload arrive as a stream, and results go back as
 values; where they are stored is Spark's business.
@@ -43,7 +45,7 @@ from pydantic import SecretStr
 
 from spark_llm_batch._retry import RetrySettings, call_with_retry
 from spark_llm_batch.config import BatchConfig, ProviderSettings
-from spark_llm_batch.errors import ConfigError
+from spark_llm_batch.errors import ConfigError, ProviderError
 
 __all__ = [
     "AmbiguousBatch",
@@ -55,6 +57,7 @@ __all__ = [
     "ProviderBatch",
     "ResultRecord",
     "ResultRow",
+    "answer_text",
     "parse_result_lines",
     "prompt_messages",
     "split_lines",
@@ -381,6 +384,21 @@ class Provider(ABC):
         """
         raise NotImplementedError(f"{self.name}: requests are uploaded, not sent inline")
 
+    def complete(self, config: BatchConfig, prompt: Prompt) -> str:
+        """Answer one prompt through the provider's real-time API (full price, not batch).
+
+        The request is :meth:`request_body`'s, the body a batch line carries, and the answer is
+        classified as a batch result is: a refusal or an answer cut before any text is a
+        failure, raised. Transient failures are tried again within :attr:`retry`.
+
+        Raises:
+            ConfigError: the config's endpoint has no real-time chat answer (embeddings).
+            AuthenticationError: the provider refused the key or the account.
+            ProviderError: the request failed, or the answer is a failure (the message names
+                its class); redacted.
+        """
+        raise NotImplementedError(f"{self.name}: no real-time API")
+
     # ---- control plane (driver) -------------------------------------------------------------------
 
     def create(self, chunk: ChunkRef, input_ref: str, config: BatchConfig) -> ProviderBatch:
@@ -438,6 +456,22 @@ def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def answer_text(provider: str, row: ResultRow) -> str:
+    """The text of a real-time answer classified as a batch result (``row``), or its failure.
+
+    Raises:
+        ProviderError: the row is a failure (refused, truncated, ...): its class and message.
+
+    Example:
+        >>> answer_text("openai", ("c1", "succeeded", "Hi", "stop", None, None, 3, 1, "m"))
+        'Hi'
+    """
+    _, status, text, _, error_class, message, *_ = row
+    if status != "succeeded":
+        raise ProviderError(f"{provider} did not answer the prompt ({error_class}): {message}")
+    return text or ""
 
 
 def parse_result_lines(

@@ -28,8 +28,8 @@ from typing import Any, BinaryIO, ClassVar, TypeVar
 from spark_llm_batch._retry import RetrySettings, call_with_retry
 from spark_llm_batch.config import EMBEDDINGS, BatchConfig
 from spark_llm_batch.errors import ConfigError, ProviderError, redact
-from spark_llm_batch.providers._openai_results import parse_openai_row
-from spark_llm_batch.providers._sdk import translated
+from spark_llm_batch.providers._openai_results import openai_row, parse_openai_row
+from spark_llm_batch.providers._sdk import post_json, translated
 from spark_llm_batch.providers.base import (
     BatchState,
     ChunkRef,
@@ -38,6 +38,7 @@ from spark_llm_batch.providers.base import (
     ProviderBatch,
     ResultRecord,
     ResultRow,
+    answer_text,
     parse_result_lines,
     prompt_messages,
     split_lines,
@@ -52,6 +53,7 @@ _STATES = {state.value: state for state in BatchState}
 # Body keys the provider sets itself: a params entry with these names would silently override them.
 _BODY_KEYS = frozenset({"model", "messages"})
 _EMBEDDING_PARAMS = frozenset({"dimensions", "user"})
+_CHAT = "/v1/chat/completions"
 KEY_FIELD = "llm_batch_key"
 ATTEMPT_FIELD = "llm_batch_attempt"
 # Our clock and the provider's differ: look this much further back when reconciling a create.
@@ -142,6 +144,32 @@ class OpenAIProvider(Provider):
             )
             with _translated(f"reading file {file_id}"):
                 yield from split_lines(response.iter_bytes())
+
+    # ---- real time --------------------------------------------------------------------------------
+
+    def complete(self, config: BatchConfig, prompt: Prompt) -> str:
+        """One chat completion with :meth:`request_body`'s body (see :meth:`Provider.complete`).
+
+        Raises:
+            ConfigError: the endpoint is not ``/v1/chat/completions``.
+            ProviderError: the request failed, or the answer is refused or empty.
+        """
+        if config.openai.endpoint != _CHAT:
+            raise ConfigError(
+                f"real-time answers come from {_CHAT}, not {config.openai.endpoint}: "
+                "leave openai.endpoint unset"
+            )
+        body = self.request_body(config, prompt)
+        client = self._sdk()
+        # The SDK's base URL ends in /v1, the endpoint starts with it.
+        path = _CHAT.removeprefix("/v1")
+        answer = self._retrying(
+            "answering a real-time prompt", lambda: post_json(client, path, body)
+        )
+        row = openai_row(
+            {"custom_id": "realtime", "response": {"status_code": 200, "body": answer}}
+        )
+        return answer_text("OpenAI", row)
 
     # ---- control plane ----------------------------------------------------------------------------
 
