@@ -1,55 +1,24 @@
-"""``spark-submit`` entry point: read a YAML job, run ``llm_batch``, print a summary.
+"""``spark-submit`` entry point: run the job a YAML file describes (``spark-llm-batch run``).
 
 Usage::
 
-    spark-submit jobs/run_job.py --conf conf/example_job.yaml
-    python jobs/run_job.py --conf conf/example_job.yaml   # with a local Delta session
+    spark-submit --packages io.delta:delta-spark_4.2_2.13:4.4.0 \\
+      --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \\
+      --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \\
+      jobs/run_job.py --config conf/example_job.yaml [--no-wait]
 
-Exit codes: 0 all rows answered, 1 some rows failed or are still pending, 2 bad configuration.
+    python jobs/run_job.py --config conf/example_job.yaml   # builds a local Delta session
+
+The same as ``spark-llm-batch run --config ...`` and ``python -m spark_llm_batch run --config ...``
+(see ``spark_llm_batch._job`` for what runs). Exit codes: 0 every row answered, or a detached run
+(``wait: false``, ``--no-wait``) still in flight; 1 some rows failed; 2 bad configuration.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the job described by ``--conf``; return the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conf", required=True, help="YAML job file (see conf/example_job.yaml)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-    import spark_llm_batch
-    from spark_llm_batch.config import JobConfig
-    from spark_llm_batch.errors import ConfigError
-
-    try:
-        job = JobConfig.from_file(args.conf)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    spark = spark_llm_batch.get_session()
-    if "/" in job.input or ":" in job.input:
-        df = spark.read.format(job.input_format).load(job.input)
-    else:
-        df = spark.read.table(job.input)
-    try:
-        out = spark_llm_batch.llm_batch(df, job.prompt_col, config=job.batch)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    counts = {
-        row["status"]: row["count"]
-        for row in out.groupBy(f"{job.batch.result_col}.status").count().collect()
-    }
-    print(f"rows by status: {counts}")
-    return 0 if set(counts) <= {"succeeded"} else 1
-
+from spark_llm_batch.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["run", *sys.argv[1:]]))

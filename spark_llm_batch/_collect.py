@@ -65,7 +65,12 @@ class Outcome(NamedTuple):
     failed: int = 0  # failed for good
     retry: int = 0  # open: another attempt is due
     auth: int = 0  # refused for credentials, permission or billing: the job must stop
+    input_tokens: int = 0  # what the batch's answers used: what the provider bills
+    output_tokens: int = 0
 
+
+_OUTCOME_COLUMNS = ("ok", "bad", "retry", "auth", "input_tokens", "output_tokens")
+"""The aggregate columns of :func:`batch_outcomes`, in :class:`Outcome` field order."""
 
 Outcomes = dict[str, Outcome]
 """Batch key -> its :class:`Outcome`."""
@@ -397,7 +402,14 @@ def batch_outcomes(store: Store, records: Sequence[BatchRecord]) -> Outcomes:
     if by_id:
         written = results.where(F.col("batch_id").isin(list(by_id)))
         frames.append(
-            written.select(F.col("batch_id").alias("id"), "status", "final", "error_class")
+            written.select(
+                F.col("batch_id").alias("id"),
+                "status",
+                "final",
+                "error_class",
+                "input_tokens",
+                "output_tokens",
+            )
         )
     if never:
         rows = results.where(F.col("batch_id").isNull()).select(
@@ -405,8 +417,16 @@ def batch_outcomes(store: Store, records: Sequence[BatchRecord]) -> Outcomes:
         )
         joined = store.members_of(never).join(rows, "hash")
         joined = joined.where(F.col("r_attempt") == F.col("attempt"))
+        no_tokens = F.lit(None).cast("bigint")  # never created: nothing was billed
         frames.append(
-            joined.select(F.col("batch_key").alias("id"), "status", "final", "error_class")
+            joined.select(
+                F.col("batch_key").alias("id"),
+                "status",
+                "final",
+                "error_class",
+                no_tokens.alias("input_tokens"),
+                no_tokens.alias("output_tokens"),
+            )
         )
     ok = F.col("status") == "succeeded"
     auth = F.col("error_class") == "auth"
@@ -420,9 +440,11 @@ def batch_outcomes(store: Store, records: Sequence[BatchRecord]) -> Outcomes:
         count(~ok & F.col("final")).alias("bad"),
         count(~F.col("final") & ~auth).alias("retry"),
         count(~F.col("final") & auth).alias("auth"),
+        F.coalesce(F.sum("input_tokens"), F.lit(0)).alias("input_tokens"),
+        F.coalesce(F.sum("output_tokens"), F.lit(0)).alias("output_tokens"),
     )
     out = {r.key: Outcome() for r in records}
     for row in counts.collect():
         key = by_id.get(row["id"], row["id"])
-        out[key] = Outcome(int(row["ok"]), int(row["bad"]), int(row["retry"]), int(row["auth"]))
+        out[key] = Outcome(*(int(row[name]) for name in _OUTCOME_COLUMNS))
     return out

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING
 from spark_llm_batch import _failpoints
 from spark_llm_batch._leases import Leases, died_here
 from spark_llm_batch._orchestrator_ended import EndedPhase, RestageFn
-from spark_llm_batch._progress import RunSummary, summarize
+from spark_llm_batch._progress import RunSummary, progress_bar, summarize
 from spark_llm_batch._reconcile import tell_apart
 from spark_llm_batch._store_tables import BatchRecord, Phase
 from spark_llm_batch._transport import (
@@ -100,6 +100,7 @@ class Orchestrator(EndedPhase):
             the others.
         restage: packs retry requests; default: :meth:`stage` (``_pack.stage_chunks`` with the
             provider's batch limits).
+        job: the job the batches it stages (retries) belong to: the output the run writes.
         sleep / clock: injectable for tests.
 
     Example:
@@ -116,11 +117,13 @@ class Orchestrator(EndedPhase):
         transport: Transport | None = None,
         leases: Leases | None = None,
         restage: RestageFn | None = None,
+        job: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spark, self.store, self.provider, self.config = spark, store, provider, config
         self.endpoint = provider.endpoint(config)
+        self.job = job
         self.transport = transport or ExecutorTransport(store, provider)
         self._own_leases = leases is None  # then its run keeps them alive itself
         self.leases = leases or Leases(store, ttl=config.lease_seconds)
@@ -143,42 +146,57 @@ class Orchestrator(EndedPhase):
 
     # ---- the loop ---------------------------------------------------------------------------------
 
-    def run(self) -> RunSummary:
-        """Drive every batch in scope to a terminal state (or until ``poll.timeout_seconds``)."""
-        if not self._own_leases:
-            return self._run()
-        with self.leases.heartbeat():
-            return self._run()
+    def run(self, *, wait: bool = True) -> RunSummary:
+        """Drive every batch in scope to a terminal state (or until ``poll.timeout_seconds``).
 
-    def _run(self) -> RunSummary:
+        With ``wait`` false (a detached run), go as far as the batches allow without waiting:
+        stage, upload, create, poll each batch once, collect what has ended; then return, the
+        batches still in flight tracked in the store (``summary.detached``).
+        """
+        if not self._own_leases:
+            return self._run(wait)
+        with self.leases.heartbeat():
+            return self._run(wait)
+
+    def _run(self, wait: bool = True) -> RunSummary:
         self._load()
         policy = self.config.poll
         start = self._clock()
         next_report = start + policy.progress_seconds
         self._observed_due = start + policy.progress_seconds
-        while self._active():
-            acted = self._step()
-            now = self._clock()
-            if now >= next_report:
-                log.info("progress: %s", summarize(self._records.values()))
-                next_report = now + policy.progress_seconds
-            if acted:
-                continue
-            if policy.timeout_seconds is not None and now - start >= policy.timeout_seconds:
-                self._collect_ended(force=True)  # what has ended is collected before leaving
-                log.warning(
-                    "stopped waiting after %.0f s; the batches stay tracked in the store",
-                    now - start,
-                )
-                self.summary.timed_out = True
-                break
-            self._sleep(max(0.0, min(self._next_wake(now), next_report) - now))
+        with progress_bar(policy.progress_bar if wait else False) as bar:
+            while self._active():
+                acted = self._step()
+                now = self._clock()
+                bar(summarize(self._records.values()))
+                if now >= next_report:
+                    log.info("progress: %s", summarize(self._records.values()))
+                    next_report = now + policy.progress_seconds
+                if acted:
+                    continue
+                if not wait or (
+                    policy.timeout_seconds is not None and now - start >= policy.timeout_seconds
+                ):
+                    self._collect_ended(force=True)  # what has ended is collected before leaving
+                    self._leave(wait, now - start)
+                    break
+                self._sleep(max(0.0, min(self._next_wake(now), next_report) - now))
         self._flush()  # what is held (in-progress states seen last): the store as seen
         # The lines of what this run collected or abandoned (and of crashed runs).
         self.store.sweep_chunks([r.key for r in self._records.values() if r.state.is_terminal])
         self.summary.progress = summarize(self._records.values())
         log.info("run finished: %s", self.summary.progress)
         return self.summary
+
+    def _leave(self, wait: bool, waited: float) -> None:
+        """Stop before every batch has ended: detached, or out of ``poll.timeout_seconds``."""
+        if not wait:
+            log.info("detached: the batches in flight stay tracked in the store; run the same "
+                     "call again to collect them")  # fmt: skip
+            self.summary.detached = True
+            return
+        log.warning("stopped waiting after %.0f s; the batches stay tracked in the store", waited)
+        self.summary.timed_out = True
 
     def _load(self) -> None:
         records = self.store.current_batches(

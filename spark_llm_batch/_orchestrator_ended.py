@@ -64,6 +64,7 @@ class EndedPhase:
     provider: Provider
     config: BatchConfig
     endpoint: str
+    job: str | None
     transport: Transport
     leases: Leases
     summary: RunSummary
@@ -155,6 +156,8 @@ class EndedPhase:
                     Phase.COLLECTED,
                     completed=outcome.succeeded,
                     failed=outcome.failed + outcome.retry + outcome.auth,
+                    input_tokens=outcome.input_tokens,
+                    output_tokens=outcome.output_tokens,
                 )
             )
             if record.key in failed_whole:
@@ -190,7 +193,9 @@ class EndedPhase:
             return []
         fresh: dict[str, str | None] = dict.fromkeys([c.key for c in staged.chunks])  # new: unheld
         self.leases.claim(list(fresh), holders=fresh)
-        return self.store.record_staged(staged, provider=self.provider.name, endpoint=self.endpoint)
+        return self.store.record_staged(
+            staged, provider=self.provider.name, endpoint=self.endpoint, job=self.job
+        )
 
     def _requeue(self, record: BatchRecord) -> bool:
         """Queue full: move the members to a new key, abandon this one; False when out of tries."""
@@ -207,7 +212,7 @@ class EndedPhase:
         fresh = BatchRecord(
             key=new_key, seq=0, state=Phase.UPLOADED, provider=record.provider, model=record.model,
             endpoint=record.endpoint, attempt=record.attempt, uri=new_key, requests=record.requests,
-            nbytes=record.nbytes, input_ref=record.input_ref, updated_at=time.time(),
+            nbytes=record.nbytes, input_ref=record.input_ref, updated_at=time.time(), job=record.job,
         )  # fmt: skip
         self._commit(
             [

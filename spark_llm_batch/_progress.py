@@ -7,13 +7,15 @@ batch counts in both, which is what "requests done / total" of the provider's wo
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from spark_llm_batch._store_tables import BatchRecord, Phase
 
-__all__ = ["Progress", "RunSummary", "summarize"]
+__all__ = ["Progress", "RunSummary", "progress_bar", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class RunSummary:
         requeued: batches re-queued as new ones because the provider's queue was full.
         restaged: new batches staged for retries.
         timed_out: the run stopped at ``poll.timeout_seconds`` with batches still in flight.
+        detached: the run was told not to wait, and left batches in flight.
         progress: the run's batches at the end.
     """
 
@@ -83,4 +86,37 @@ class RunSummary:
     requeued: int = 0
     restaged: int = 0
     timed_out: bool = False
+    detached: bool = False
     progress: Progress = field(default_factory=Progress)
+
+
+def _interactive() -> bool:
+    """In a notebook kernel (Jupyter, Databricks) or on a terminal: where a bar is read."""
+    return "ipykernel" in sys.modules or sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(enabled: bool | None) -> Iterator[Callable[[Progress], None]]:
+    """A progress bar of requests done (``tqdm``: a widget in notebooks, text on a terminal) for
+    the block; yields the function that shows a new :class:`Progress`. ``None``: shown where it
+    is read (:func:`_interactive`); off elsewhere (a job's log has the periodic line instead)."""
+    if not (_interactive() if enabled is None else enabled):
+        yield lambda progress: None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=0, unit="req", desc="llm_batch", dynamic_ncols=True)
+
+    def show(progress: Progress) -> None:
+        if (bar.total, bar.n) == (progress.requests_total, progress.requests_done):
+            return
+        bar.total = progress.requests_total
+        bar.n = progress.requests_done
+        states = {k: v for k, v in progress.batches.items() if v}
+        bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in states.items()), refresh=False)
+        bar.refresh()
+
+    try:
+        yield show
+    finally:
+        bar.close()

@@ -42,6 +42,7 @@ from spark_llm_batch._store_tables import (
     TABLES,
     BatchRecord,
     Phase,
+    ddl,
 )
 from spark_llm_batch.errors import ConfigError, StoreError
 from spark_llm_batch.providers.base import ChunkRef
@@ -78,17 +79,29 @@ class Store:
     # ---- opening and migrations -------------------------------------------------------------------
 
     @classmethod
-    def open(cls, spark: SparkSession, location: str) -> Store:
+    def open(cls, spark: SparkSession, location: str, *, create: bool = True) -> Store:
         """Open the store at ``location``, creating and migrating its tables.
 
+        Args:
+            create: with ``False``, a location that holds no store is an error (readers such as
+                the status command must not create one at a mistyped location).
+
         Raises:
-            ConfigError: the location cannot be written (the message names it).
+            ConfigError: the location cannot be written (the message names it), or holds no
+                store and ``create`` is false.
             StoreError: the store was migrated by a newer version of the library.
 
         Example:
             >>> store = Store.open(spark, "/tmp/llm_store")  # doctest: +SKIP
         """
         store = cls(spark, location)
+        if not create:
+            try:
+                store.applied_migrations()
+            except Exception:  # Spark raises several types for a missing table or path
+                raise ConfigError(
+                    f"no store at {location!r}: point to the store= of a run"
+                ) from None
         try:
             # Two jobs creating one fresh store race on its first commits: the loser tries again
             # and finds the tables there.
@@ -134,7 +147,14 @@ class Store:
         todo = [(i, m) for i, m in enumerate(MIGRATIONS) if m.name not in applied]
         for _, migration in todo:
             log.info("store %s: applying migration %s", self.location, migration.name)
-            self.spark.sql(migration.sql.format(**refs))
+            if migration.sql:
+                self.spark.sql(migration.sql.format(**refs))
+            present = set(self.table(migration.table).columns) if migration.add_columns else set()
+            missing = [(n, t) for n, t in migration.add_columns if n not in present]
+            if missing:
+                self.spark.sql(
+                    f"ALTER TABLE {refs[migration.table]} ADD COLUMNS ({ddl(tuple(missing))})"
+                )
         if todo:
             # One commit records them all: the statements are idempotent, so a crash before this
             # commit only means they run again.
@@ -229,7 +249,7 @@ class Store:
         return sorted(records, key=lambda r: (r.attempt, r.key))
 
     def record_staged(
-        self, staged: StagedLike, *, provider: str, endpoint: str
+        self, staged: StagedLike, *, provider: str, endpoint: str, job: str | None = None
     ) -> list[BatchRecord]:
         """Record freshly staged chunks: their ``staged`` batch rows, in one commit.
 
@@ -243,12 +263,14 @@ class Store:
                 retry re-sends, until the batch is collected).
             provider: the provider's registry name.
             endpoint: the provider endpoint every line targets.
+            job: the job the batches are staged for (the output its run writes), for status.
 
         Returns:
             The committed ``staged`` records.
         """
         records = [
-            BatchRecord.staged(c, provider=provider, endpoint=endpoint) for c in staged.chunks
+            BatchRecord.staged(c, provider=provider, endpoint=endpoint, job=job)
+            for c in staged.chunks
         ]
         if not records:
             return []

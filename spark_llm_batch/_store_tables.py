@@ -31,6 +31,7 @@ from spark_llm_batch.errors import StoreError, redact
 from spark_llm_batch.providers.base import ChunkRef
 
 __all__ = [
+    "BATCH_ADDED_0008",
     "BATCH_COLUMNS",
     "CHUNK_COLUMNS",
     "FORMAT_VERSION",
@@ -42,6 +43,7 @@ __all__ = [
     "BatchRecord",
     "Migration",
     "Phase",
+    "ddl",
 ]
 
 FORMAT_VERSION = 1
@@ -71,7 +73,7 @@ class Phase(str, enum.Enum):
         return self in (Phase.COLLECTED, Phase.ABANDONED)
 
 
-BATCH_COLUMNS = (
+_BATCH_COLUMNS_0001 = (
     ("key", "STRING"),
     ("seq", "INT"),
     ("state", "STRING"),
@@ -93,6 +95,17 @@ BATCH_COLUMNS = (
     ("updated_at", "TIMESTAMP"),
     ("format_version", "INT"),
 )
+
+BATCH_ADDED_0008 = (
+    ("job", "STRING"),
+    ("input_tokens", "BIGINT"),
+    ("output_tokens", "BIGINT"),
+)
+"""Columns migration ``0008_batch_job_and_tokens`` adds to ``batches``: the job (the output the
+staging run writes) and, on ``collected`` rows, the tokens the batch's answers used (what the
+provider bills)."""
+
+BATCH_COLUMNS = (*_BATCH_COLUMNS_0001, *BATCH_ADDED_0008)
 
 CHUNK_COLUMNS = (
     ("batch_key", "STRING"),
@@ -148,14 +161,18 @@ def ddl(columns: tuple[tuple[str, str], ...]) -> str:
 
 @dataclass(frozen=True)
 class Migration:
-    """One named schema change. ``sql`` uses ``{batches}``-style placeholders for table references.
+    """One named schema change: a statement (``sql``, with ``{batches}``-style placeholders for
+    table references), or columns added to ``table`` (``add_columns``: only those it lacks).
 
     Migrations are append-only: never edit or reorder a released one, add a new one instead. Each
-    statement is idempotent (``IF NOT EXISTS``), so a crash between applying and recording is harmless.
+    is idempotent (``IF NOT EXISTS``; columns present are not added again), so a crash between
+    applying and recording is harmless.
     """
 
     name: str
-    sql: str
+    sql: str = ""
+    table: str = ""
+    add_columns: tuple[tuple[str, str], ...] = ()
 
 
 RETIRED_MIGRATIONS = ("0002_create_members", "0003_create_requests")
@@ -168,7 +185,7 @@ store that has the old tables leaves them untouched."""
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "0001_create_batches",
-        f"CREATE TABLE IF NOT EXISTS {{batches}} ({ddl(BATCH_COLUMNS)}) USING DELTA",
+        f"CREATE TABLE IF NOT EXISTS {{batches}} ({ddl(_BATCH_COLUMNS_0001)}) USING DELTA",
     ),
     Migration(
         "0004_create_results",
@@ -189,6 +206,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE IF NOT EXISTS {leases} "
         "(`name` STRING, `holder` STRING, `expires_at` TIMESTAMP) USING DELTA",
     ),
+    Migration("0008_batch_job_and_tokens", table="batches", add_columns=BATCH_ADDED_0008),
 )
 
 
@@ -221,10 +239,15 @@ class BatchRecord:
     error: str | None = None
     updated_at: float = 0.0
     format_version: int = FORMAT_VERSION
+    job: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     @classmethod
-    def staged(cls, chunk: ChunkRef, *, provider: str, endpoint: str) -> BatchRecord:
-        """The first event of a freshly staged chunk."""
+    def staged(
+        cls, chunk: ChunkRef, *, provider: str, endpoint: str, job: str | None = None
+    ) -> BatchRecord:
+        """The first event of a freshly staged chunk (for ``job``: the output its run writes)."""
         return cls(
             key=chunk.key,
             seq=0,
@@ -237,6 +260,7 @@ class BatchRecord:
             requests=chunk.requests,
             nbytes=chunk.nbytes,
             updated_at=time.time(),
+            job=job,
         )
 
     def to(self, state: Phase, **changes: Any) -> BatchRecord:

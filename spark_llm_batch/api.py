@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from spark_llm_batch import _columns as C
+from spark_llm_batch._handle import BatchRun
 from spark_llm_batch.config import EMBEDDINGS, BatchConfig
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from spark_llm_batch._store import Store
     from spark_llm_batch._store_tables import BatchRecord
 
-__all__ = ["RESULT_FIELDS", "llm_batch", "llm_embed"]
+__all__ = ["RESULT_FIELDS", "BatchRun", "llm_batch", "llm_embed"]
 
 log = logging.getLogger("spark_llm_batch")
 
@@ -41,17 +42,46 @@ RESULT_FIELDS = tuple(name for _, name, _ in _output_columns())
 stored ``attempt``) and ``request_hash``."""
 
 
+@overload
+def llm_batch(
+    df: DataFrame,
+    prompt_col: str | None = ...,
+    *,
+    config: BatchConfig | None = ...,
+    wait: Literal[True] = ...,
+    **options: Any,
+) -> DataFrame: ...
+
+
+@overload
+def llm_batch(
+    df: DataFrame,
+    prompt_col: str | None = ...,
+    *,
+    config: BatchConfig | None = ...,
+    wait: Literal[False],
+    **options: Any,
+) -> BatchRun: ...
+
+
 def llm_batch(
     df: DataFrame,
     prompt_col: str | None = None,
     *,
     config: BatchConfig | None = None,
+    wait: bool = True,
     **options: Any,
-) -> DataFrame:
+) -> DataFrame | BatchRun:
     """Run one LLM request per row of ``df`` through the provider's batch API.
 
     Every step is checkpointed in the store, so calling it again (after a crash, or on the same
     data) resumes without paying twice, and a grown table pays only for its new rows.
+
+    With ``wait=False`` (a detached run) the call goes as far as it can without waiting for the
+    provider: it stages, uploads and submits what is new, collects whatever has ended, and
+    returns a :class:`BatchRun` with the job's status; the cluster may then go away. The same
+    call later (or a job scheduled every hour) picks up where it stopped, and the one that finds
+    everything collected writes the output table (``BatchRun.complete``, ``BatchRun.result()``).
 
     Args:
         df: the input rows. Any DataFrame (classic or Spark Connect).
@@ -59,6 +89,8 @@ def llm_batch(
             array of ``role``/``content`` structs, sent as the request's messages after
             ``system``); or none, with ``template=``.
         config: a ready :class:`~spark_llm_batch.config.BatchConfig`; ``options`` override its fields.
+        wait: wait until every batch is collected (default), or return once nothing more can be
+            done without waiting (a :class:`BatchRun`).
         **options: any :class:`~spark_llm_batch.config.BatchConfig` field: ``model`` and ``store`` are
             required, and ``template`` (prompts rendered from columns, instead of ``prompt_col``:
             ``"Classify: {review}"``), ``template_nulls``, ``system``, ``params``,
@@ -68,7 +100,8 @@ def llm_batch(
 
     Returns:
         The output Delta table, read back: every input column plus the struct column
-        ``result_col`` holding :data:`RESULT_FIELDS`. Exactly one row per input row.
+        ``result_col`` holding :data:`RESULT_FIELDS`. Exactly one row per input row. With
+        ``wait=False``, a :class:`BatchRun` instead.
 
     Raises:
         ConfigError: bad input (names what to fix), raised before any request is sent.
@@ -98,25 +131,39 @@ def llm_batch(
     chats = _validate.holds_conversations(source, prompt)
     encoder = _encode.RequestEncoder.build(spark, provider, cfg, messages=chats)
     leases = Leases(store, ttl=cfg.lease_seconds)
+    target = cfg.output or _default_output(df, cfg, prompt_col)
     # Persisted without the lines: the output needs only the input, the hash and encode failures;
     # lines are built (in the JVM) for pending rows only, from the same persisted rows.
     encoded = encoder.annotate(source, prompt, why_null).persist()
     try:
         with leases.heartbeat():
             orchestrator = Orchestrator(
-                spark, store, provider, cfg, transport=transport, leases=leases
+                spark, store, provider, cfg, transport=transport, leases=leases, job=target
             )
             lines = encoder.line_column(encoded[f"`{prompt}`"], encoded[C.HASH])
             # One run stages at a time: what another run has in flight is skipped, not sent twice.
             with leases.holding(STAGE):
                 staged = _stage_pending(encoded, lines, cfg, store, orchestrator)
             log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
-            summary = orchestrator.run()
+            summary = orchestrator.run(wait=wait)
         log.info("orchestration finished: %s", summary)
+        if not wait and _still_open(encoded, store):
+            return BatchRun.of(spark, store, target, complete=False)
         output = _join_results(encoded, store, cfg, structured)
-        return _write_output(output, cfg, _default_output(df, cfg, prompt_col))
+        written = _write_output(output, target)
+        return written if wait else BatchRun.of(spark, store, target, complete=True)
     finally:
         encoded.unpersist()
+
+
+def _still_open(encoded: DataFrame, store: Store) -> bool:
+    """Whether some row's request is unanswered or in flight (a retry included)."""
+    from pyspark.sql import functions as F
+
+    sent = encoded.where(F.col(C.ERR_CLASS).isNull()).select(C.HASH)
+    unanswered = sent.join(store.final_hashes(), C.HASH, "left_anti")
+    flying = sent.join(store.inflight_hashes(), C.HASH, "left_semi")
+    return bool(unanswered.limit(1).collect() or flying.limit(1).collect())
 
 
 def _prompts(
@@ -258,20 +305,16 @@ def _result_struct(structured: Structured | None = None, embeds: bool = False) -
     return F.struct(*fields)
 
 
-def _write_output(output: DataFrame, cfg: BatchConfig, default: str) -> DataFrame:
-    """Write the output Delta table (overwriting a previous run's) and read it back."""
-    spark = output.sparkSession
-    target = cfg.output or default
+def _write_output(output: DataFrame, target: str) -> DataFrame:
+    """Write the output Delta table at ``target`` (overwriting a previous run's), read it back."""
+    from spark_llm_batch._handle import is_table_name, read_output
+
     writer = output.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-    if _is_table_name(target):
+    if is_table_name(target):
         writer.saveAsTable(target)
-        return spark.read.table(target)
-    writer.save(target)
-    return spark.read.format("delta").load(target)
-
-
-def _is_table_name(target: str) -> bool:
-    return "/" not in target and ":" not in target
+    else:
+        writer.save(target)
+    return read_output(output.sparkSession, target)
 
 
 def _default_output(df: DataFrame, cfg: BatchConfig, prompt_col: str | None) -> str:
@@ -298,6 +341,8 @@ def _default_output(df: DataFrame, cfg: BatchConfig, prompt_col: str | None) -> 
         default=str,
     )
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    if _is_table_name(cfg.store):
+    from spark_llm_batch._handle import is_table_name
+
+    if is_table_name(cfg.store):
         return f"{cfg.store}.llm_output_{digest}"
     return f"{cfg.store.rstrip('/')}/outputs/{digest}"

@@ -29,6 +29,7 @@ __all__ = [
     "PollPolicy",
     "ProviderSettings",
     "RetryPolicy",
+    "load_yaml",
     "parse_model_id",
 ]
 
@@ -200,7 +201,14 @@ class PollPolicy(_Strict):
     max_seconds: float = Field(default=300.0, gt=0, description="Longest wait between two polls.")
     multiplier: float = Field(default=1.5, ge=1.0, description="Backoff growth per idle poll.")
     progress_seconds: float = Field(
-        default=60.0, gt=0, description="Interval of progress summaries."
+        default=60.0, gt=0, description="Interval of the progress log line."
+    )
+    progress_bar: bool | None = Field(
+        default=None,
+        description=(
+            "A progress bar of requests done while the call waits: true, false, or none (shown "
+            "in notebooks and on terminals, not in a job's log)."
+        ),
     )
     timeout_seconds: float | None = Field(
         default=None, gt=0, description="Give up waiting (batches stay tracked) after this long."
@@ -398,7 +406,7 @@ class BatchConfig(_Strict):
         Raises:
             ConfigError: the file is missing, is not YAML, or does not validate.
         """
-        data = _load_yaml(Path(path))
+        data = load_yaml(Path(path))
         return cls.build({**data, **overrides}, source=str(path))
 
     @classmethod
@@ -413,33 +421,83 @@ class BatchConfig(_Strict):
 
 
 class JobConfig(_Strict):
-    """A ``spark-submit`` job: where the input is, which column holds the prompt, and the batch options.
+    """A job run from YAML (``spark-llm-batch run --config FILE``, or ``spark-submit
+    jobs/run_job.py --config FILE``): the input, where its prompts come from, the ``llm_batch``
+    options, and whether to wait for the answers.
 
-    Example YAML (``conf/example_job.yaml``)::
+    The input is exactly one of ``input`` (a table name, or a path read with ``input_format``)
+    and ``query`` (SQL run with ``spark.sql``); the prompts come from exactly one of
+    ``prompt_col`` and ``batch.template``.
 
-        input: lake.reviews              # a table name, or a path with input_format
-        prompt_col: review_text
+    Example YAML (``conf/example_job.yaml`` shows every option)::
+
+        input: lake.reviews              # a table name; a path (/lake/reviews); or query: SELECT ...
+        prompt_col: review_text          # or, under batch: template: "Classify: {review_text}"
+        wait: true                       # false: submit, collect what has ended, exit (detached)
         batch:
           model: gpt-4o-mini
           store: /lake/llm_store
           output: lake.reviews_classified
     """
 
-    input: str = Field(description="Input table name, or a path read with input_format.")
+    input: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "The input: a table name ('lake.reviews'), or a path ('/lake/reviews', "
+            "'s3a://bucket/reviews': anything with '/' or ':') read with input_format. "
+            "Exactly one of input and query."
+        ),
+    )
     input_format: str = Field(
-        default="delta", description="Format of a path input (delta, parquet, json...)."
+        default="delta",
+        min_length=1,
+        description="Format of a path input (delta, parquet, json, csv, ...); paths only.",
+    )
+    query: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The input as a SQL query, run with spark.sql (instead of input).",
     )
     prompt_col: str | None = Field(
         default=None,
+        min_length=1,
         description="The column holding each row's prompt; or none, with batch.template.",
+    )
+    wait: bool = Field(
+        default=True,
+        description=(
+            "true: wait until every batch has ended, then write the output. false (detached): "
+            "submit what is new, collect what has ended, record it all in the store and exit; "
+            "run the same job again (e.g. on a schedule) until it reports complete."
+        ),
     )
     batch: BatchConfig = Field(description="The llm_batch options.")
 
+    @property
+    def input_is_path(self) -> bool:
+        """Whether ``input`` is a path (it holds ``/`` or ``:``) rather than a table name."""
+        return self.input is not None and ("/" in self.input or ":" in self.input)
+
     @model_validator(mode="after")
-    def _one_prompt_source(self) -> JobConfig:
+    def _one_input_and_one_prompt_source(self) -> JobConfig:
+        # These span fields, so pydantic gives them no location: each message starts with the
+        # fields it is about (_describe_job prints it as is).
+        if (self.input is None) == (self.query is None):
+            raise ValueError(
+                "input, query: give exactly one: input (a table name or a path) or query "
+                "(a SQL query); " + ("both were given" if self.input else "neither was given")
+            )
+        if "input_format" in self.model_fields_set and not self.input_is_path:
+            source = "a table name" if self.input else "a query"
+            raise ValueError(
+                f"input_format: only a path input is read with a format, and the input is "
+                f"{source}: drop input_format, or give input a path"
+            )
         if (self.prompt_col is None) == (self.batch.template is None):
             raise ValueError(
-                "give either prompt_col or batch.template (prompts rendered from columns), "
+                "prompt_col, batch.template: give either prompt_col or batch.template (prompts "
+                "rendered from columns), "
                 + ("not both" if self.prompt_col is not None else "one of them")
             )
         return self
@@ -449,28 +507,48 @@ class JobConfig(_Strict):
         """Load a job from a YAML file.
 
         Raises:
-            ConfigError: the file is missing, is not YAML, or does not validate.
+            ConfigError: the file is missing, is not YAML, or does not validate; the message
+                names each bad field by its path (``batch.retry.expired: ...``).
+
+        Example:
+            >>> job = JobConfig.from_file("conf/example_job.yaml")  # doctest: +SKIP
         """
         from pydantic import ValidationError
 
-        data = _load_yaml(Path(path))
+        data = load_yaml(Path(path))
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(f"invalid job config in {path}: {_describe(exc)}") from None
+            raise ConfigError(f"invalid job config in {path}: {_describe_job(exc)}") from None
 
 
-def _load_yaml(file: Path) -> dict[str, Any]:
+def _describe_job(exc: Any) -> str:
+    """One item per pydantic error, ``field.path: message``; an error spanning fields (no
+    location) is its message alone, which names the fields."""
+    items = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        items.append(f"{where}: {message}" if where else message)
+    return "; ".join(items)
+
+
+def load_yaml(file: Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds (``what`` names the file in errors).
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or holds something else than a mapping.
+    """
     import yaml
 
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {file}") from None
+        raise ConfigError(f"{what} not found: {file}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {file} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {file} must hold a mapping of options")
+        raise ConfigError(f"{what} {file} must hold a mapping")
     return data
 
 

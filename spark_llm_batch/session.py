@@ -7,6 +7,7 @@ Spark resolves the Delta jars from Maven Central on its first start and caches t
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,16 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 __all__ = ["get_session", "local_session"]
+
+log = logging.getLogger("spark_llm_batch")
+
+_NO_DELTA = (
+    "spark-submit was not given Delta Lake, which the store and the output need: add --packages "
+    "io.delta:delta-spark_<spark major.minor>_2.13:<delta-spark version> --conf "
+    "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension --conf "
+    "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog "
+    "(see README, Jobs from YAML)"
+)
 
 _DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -63,7 +74,9 @@ def get_session() -> SparkSession:
     """The session in use, classic or Spark Connect (Databricks, spark-submit), else a new one.
 
     With no session yet, a Spark Connect client (``SPARK_REMOTE=sc://...``) connects to its server
-    as is, and anywhere else :func:`local_session` builds a local Delta one.
+    as is; under ``spark-submit`` (its JVM is up, with the command line's master, packages and
+    ``--conf`` settings) the session is built from those settings as they are, with a warning when
+    they lack Delta Lake; anywhere else :func:`local_session` builds a local Delta one.
 
     Example:
         >>> spark = get_session()  # doctest: +SKIP
@@ -79,4 +92,11 @@ def get_session() -> SparkSession:
     if os.environ.get("SPARK_REMOTE", "").startswith("sc://"):
         # local_session's settings are for a local JVM: never push them onto a remote server.
         return SparkSession.builder.getOrCreate()
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # spark-submit started the JVM for this driver
+        spark = SparkSession.builder.getOrCreate()
+        extensions = spark.conf.get("spark.sql.extensions", "") or ""
+        # Databricks runtimes have Delta built in, without listing its extension.
+        if "Delta" not in extensions and "DATABRICKS_RUNTIME_VERSION" not in os.environ:
+            log.warning(_NO_DELTA)
+        return spark
     return local_session()

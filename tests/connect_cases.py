@@ -27,6 +27,7 @@ import pytest
 import spark_llm_batch
 from spark_llm_batch.emulator import _answers
 from tests.pipeline_helpers import MODELS, SYSTEM, billed_counts, pipeline_options
+from tests.test_sql import sql_args
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -185,3 +186,50 @@ def test_templates_conversations_and_typed_answers_on_connect(
             [("user", f"hi {i}")], model=MODELS["anthropic"], system=SYSTEM
         )
     assert set(billed_counts(emu).values()) == {1}
+
+
+def test_sql_forms_on_connect(
+    connect_spark: SparkSession,
+    fresh_emulator: Callable[..., Emulator],
+    server_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # register_sql wraps the Connect session's sql: the table function runs the pipeline from
+    # this client, the scalar runs in the server's Python workers with the client's credentials.
+    emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-emulator")
+    monkeypatch.setenv("OPENAI_BASE_URL", emu.openai_base_url)
+    store, table = f"{server_dir}/store", f"{server_dir}/questions"
+    rows = [(i, f"Question {i}") for i in range(12)]
+    connect_spark.createDataFrame(rows, "id long, prompt string").write.format("delta").save(table)
+    api = (
+        connect_spark.read.format("delta")
+        .load(table)
+        .llm_batch("prompt", id_col="id", **_options(emu, store, "openai"))
+    )
+    expected = {r["id"]: (r["text"], r["status"]) for r in api.select("id", "llm.*").collect()}
+    billed = billed_counts(emu)
+    assert len(billed) == len(rows)
+
+    spark_llm_batch.register_sql(connect_spark)
+    try:
+        args = sql_args("openai", store, max_requests=15)
+        out = connect_spark.sql(
+            f"SELECT id, llm.text, llm.status FROM llm_batch(TABLE(delta.`{table}`), {args}) "
+            "WHERE id >= 0"
+        )
+        assert {r["id"]: (r["text"], r["status"]) for r in out.collect()} == expected
+        assert billed_counts(emu) == billed  # answered from the server's store: nothing sent
+
+        scalar = connect_spark.sql(
+            f"SELECT id, prompt, llm_query('gpt-4o-mini', prompt) AS answer "
+            f"FROM delta.`{table}` WHERE id < 3"
+        )
+        got = {r["id"]: r["answer"] for r in scalar.collect()}
+        assert got == {
+            i: _answers.expected_text(f"Question {i}", model=MODELS["openai"]) for i in range(3)
+        }
+        assert [e["batch_id"] for e in emu.ledger()[len(rows) :]] == [None] * 3
+    finally:
+        vars(connect_spark).pop("sql", None)
+        connect_spark.sql("DROP TEMPORARY FUNCTION IF EXISTS llm_query")

@@ -136,3 +136,35 @@ def test_a_job_takes_its_prompts_from_a_column_or_a_template(tmp_path: Path) -> 
     conf.write_text("input: lake.reviews\n" + batch + "  template: 'Classify: {review_text!r}'\n")
     with pytest.raises(ConfigError, match="format spec or conversion"):
         JobConfig.from_file(conf)
+
+
+def test_a_job_reads_exactly_one_of_input_and_query(tmp_path: Path) -> None:
+    from spark_llm_batch.config import JobConfig
+
+    conf = tmp_path / "job.yaml"
+    batch = "prompt_col: p\nbatch:\n  model: gpt-4o-mini\n  store: /lake/store\n"
+    conf.write_text("query: SELECT p FROM lake.t\n" + batch)
+    job = JobConfig.from_file(conf)
+    assert (job.input, job.query, job.wait, job.input_is_path) == (
+        None,
+        "SELECT p FROM lake.t",
+        True,
+        False,
+    )
+    conf.write_text("input: s3a://lake/t\ninput_format: json\nwait: false\n" + batch)
+    job = JobConfig.from_file(conf)
+    assert (job.input_is_path, job.input_format, job.wait) == (True, "json", False)
+    assert not JobConfig.from_file(_write(conf, "input: lake.t\n" + batch)).input_is_path
+    with pytest.raises(ConfigError, match=r"input, query: .*both were given"):
+        JobConfig.from_file(_write(conf, "input: lake.t\nquery: SELECT 1\n" + batch))
+    with pytest.raises(ConfigError, match=r"input, query: .*neither was given"):
+        JobConfig.from_file(_write(conf, batch))
+    with pytest.raises(ConfigError, match=r"input_format: only a path input"):
+        JobConfig.from_file(_write(conf, "query: SELECT 1\ninput_format: csv\n" + batch))
+    with pytest.raises(ConfigError, match=r"^invalid job config in .*: wait: Input should be"):
+        JobConfig.from_file(_write(conf, "input: lake.t\nwait: sometimes\n" + batch))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

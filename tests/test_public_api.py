@@ -13,7 +13,7 @@ def test_all_is_sorted_and_complete() -> None:
     assert exported == sorted(exported)
     public = {name for name in vars(spark_llm_batch) if not name.startswith("_")}
     # Submodules are reachable as attributes but are not part of the surface.
-    modules = {"api", "config", "errors", "session", "providers", "emulator"}
+    modules = {"api", "config", "errors", "session", "sql", "providers", "emulator"}
     assert public - modules - {"annotations"} == set(exported) - {"__version__"}
     for name in exported:
         assert getattr(spark_llm_batch, name) is not None

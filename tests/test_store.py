@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,35 @@ def test_a_store_that_applied_a_retired_migration_still_opens(
     assert {"0002_create_members", "0003_create_requests"} <= set(again.applied_migrations())
     for retired in ("members", "requests"):  # new stores create neither
         assert not (Path(store.location) / retired).exists()
+
+
+def test_a_store_from_before_jobs_and_tokens_gains_the_columns_and_keeps_its_rows(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from spark_llm_batch._store_tables import BATCH_ADDED_0008
+
+    location = str(tmp_path / "old")
+    fresh = Store.open(spark, location)
+    old = [m.name for m in MIGRATIONS if m.name != "0008_batch_job_and_tokens"]
+    # The store as the previous version left it: batches without the columns, 0008 not applied.
+    assert fresh.applied_migrations()[-1] == "0008_batch_job_and_tokens"
+    shutil.rmtree(f"{location}/batches")
+    shutil.rmtree(f"{location}/_migrations")
+    v1 = [c for c in BATCH_COLUMNS if c not in BATCH_ADDED_0008]
+    row = dict(zip([n for n, _ in BATCH_COLUMNS], _record("k").to_row(), strict=True))
+    spark.createDataFrame(
+        [tuple(row[n] for n, _ in v1)], ", ".join(f"`{n}` {t}" for n, t in v1)
+    ).write.format("delta").save(f"{location}/batches")
+    spark.createDataFrame(
+        [(name, i, None) for i, name in enumerate(old)],
+        "name STRING, ordinal INT, applied_at TIMESTAMP",
+    ).write.format("delta").save(f"{location}/_migrations")
+    assert "job" not in spark.read.format("delta").load(f"{location}/batches").columns
+
+    store = Store.open(spark, location)
+    assert store.applied_migrations()[-1] == "0008_batch_job_and_tokens"
+    assert [n for n, _ in BATCH_ADDED_0008] == store.table("batches").columns[-3:]
+    (kept,) = store.current_batches(provider="fake")
+    assert (kept.key, kept.job, kept.input_tokens) == ("k", None, 0)  # old rows read as unknown
+    again = Store.open(spark, location)  # columns present: nothing added twice
+    assert again.table("batches").columns == store.table("batches").columns
