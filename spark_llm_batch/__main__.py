@@ -17,6 +17,8 @@ import logging
 import sys
 import time
 
+_nap = time.sleep  # between two --watch refreshes (a test replaces it)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -98,7 +100,7 @@ def _status(args: argparse.Namespace) -> int:
         if args.watch is None:
             return 0
         try:
-            time.sleep(args.watch)
+            _nap(args.watch)
         except KeyboardInterrupt:
             return 0
 

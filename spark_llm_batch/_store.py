@@ -149,12 +149,8 @@ class Store:
             log.info("store %s: applying migration %s", self.location, migration.name)
             if migration.sql:
                 self.spark.sql(migration.sql.format(**refs))
-            present = set(self.table(migration.table).columns) if migration.add_columns else set()
-            missing = [(n, t) for n, t in migration.add_columns if n not in present]
-            if missing:
-                self.spark.sql(
-                    f"ALTER TABLE {refs[migration.table]} ADD COLUMNS ({ddl(tuple(missing))})"
-                )
+            if migration.add_columns:
+                self._add_columns(refs[migration.table], migration.table, migration.add_columns)
         if todo:
             # One commit records them all: the statements are idempotent, so a crash before this
             # commit only means they run again.
@@ -164,6 +160,19 @@ class Store:
                 rows, "name STRING, ordinal INT, applied_at TIMESTAMP"
             )
             self._append("_migrations", frame)
+
+    def _add_columns(self, ref: str, name: str, columns: tuple[tuple[str, str], ...]) -> None:
+        """Add the ``columns`` table ``name`` lacks. Two runs opening a fresh store race here:
+        the loser finds the columns added by the other, which is what it wanted."""
+        missing = [(n, t) for n, t in columns if n not in set(self.table(name).columns)]
+        if not missing:
+            return
+        try:
+            self.spark.sql(f"ALTER TABLE {ref} ADD COLUMNS ({ddl(tuple(missing))})")
+        except Exception:  # FIELD_ALREADY_EXISTS when another run added them first
+            present = set(self.table(name).columns)
+            if any(n not in present for n, _ in columns):
+                raise
 
     # ---- low-level table access -------------------------------------------------------------------
 

@@ -139,7 +139,7 @@ def _collect_and_check(
     hashes = [r["hash"] for r in store.table("results").select("hash").collect()]
     assert len(hashes) == len(set(hashes)), "one results row per hash"
     assert store.table("downloads").count() == 0  # the driver's downloads are dropped
-    return {key: tuple(o) for key, o in outcomes.items()}
+    return {key: tuple(o)[:4] for key, o in outcomes.items()}  # the counts (tokens: below)
 
 
 def test_every_member_gets_one_row_missing_ones_included(
@@ -154,8 +154,13 @@ def test_every_member_gets_one_row_missing_ones_included(
             "b": [_bad("h4", "rate_limited")],
         },
     )
-    outcomes = _collect_and_check(store, provider, [_ended("a"), _ended("b")], kind=transport_kind)
+    records = [_ended("a"), _ended("b")]
+    outcomes = _collect_and_check(store, provider, records, kind=transport_kind)
     assert outcomes == {"a": (1, 1, 1, 0), "b": (0, 0, 1, 0)}
+    # The billed tokens: the usage of each batch's answers (only h1's; the stranger is dropped).
+    tokens = batch_outcomes(store, records)
+    assert (tokens["a"].input_tokens, tokens["a"].output_tokens) == (3, 5)
+    assert (tokens["b"].input_tokens, tokens["b"].output_tokens) == (0, 0)
     results = _results(store)
     assert set(results) == {"h1", "h2", "h3", "h4"}
     assert results["h1"]["status"] == "succeeded"
@@ -366,7 +371,7 @@ def test_auth_failures_stay_open_and_count_apart(
     )
     outcomes = _collect_and_check(store, provider, [_ended("a")], kind=transport_kind)
     assert outcomes == {"a": (1, 0, 1, 1)}
-    assert Outcome(*outcomes["a"]).auth == 1
+    assert Outcome(*outcomes["a"]).auth == 1  # the fourth count
     h2 = _results(store)["h2"]
     assert (h2["error_class"], h2["final"]) == ("auth", False)  # not an answer: sent again later
 

@@ -209,3 +209,32 @@ def test_a_waiting_call_shows_a_progress_bar_and_logs_a_periodic_line(
     assert "9/9" in bar
     assert "req" in bar
     assert any(r.getMessage().startswith("progress: batches:") for r in caplog.records)
+
+
+def test_watch_refreshes_the_figures_until_interrupted(
+    spark: SparkSession,
+    fresh_emulator: Callable[..., Emulator],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spark_llm_batch import __main__ as cli
+
+    emu = fresh_emulator(processing_seconds=10_000.0, clock_speed=1.0)
+    store = tmp_path / "store"
+    df = spark.createDataFrame([(i, f"Watch {i}") for i in range(4)], "id long, prompt string")
+    df.llm_batch("prompt", wait=False, **pipeline_options(emu, store, max_requests=4))
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:  # the second wait is "interrupted" (Ctrl-C)
+        naps.append(seconds)
+        if len(naps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_nap", nap)
+    assert cli.main(["status", "--store", str(store), "--watch", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert naps == [5.0, 5.0]
+    assert printed.count("oldest batch in flight:") == 4  # 2 refreshes x (the job + overall)
+    assert printed.count("pending 4") == 4
+    assert cli.main(["status", "--store", str(store), "--watch", "0"]) == 2

@@ -255,3 +255,27 @@ def test_a_store_from_before_jobs_and_tokens_gains_the_columns_and_keeps_its_row
     assert (kept.key, kept.job, kept.input_tokens) == ("k", None, 0)  # old rows read as unknown
     again = Store.open(spark, location)  # columns present: nothing added twice
     assert again.table("batches").columns == store.table("batches").columns
+
+
+def test_a_run_that_loses_the_race_to_add_columns_finds_them_added(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spark_llm_batch._store_tables import BATCH_ADDED_0008
+
+    real = store.table
+    reads: list[str] = []
+
+    def stale_first(name: str):  # type: ignore[no-untyped-def]
+        reads.append(name)
+        frame = real(name)
+        # The first read is from before the other run's commit: the columns look missing.
+        return frame.drop(*[n for n, _ in BATCH_ADDED_0008]) if len(reads) == 1 else frame
+
+    monkeypatch.setattr(store, "table", stale_first)
+    ref = store.table_ref("batches")
+    store._add_columns(ref, "batches", BATCH_ADDED_0008)  # ALTER fails: already there; fine
+    assert len(reads) >= 2  # it looked again after the refusal
+    assert real("batches").columns[-3:] == [n for n, _ in BATCH_ADDED_0008]
+    monkeypatch.setattr(store, "table", lambda name: real(name).drop("job"))
+    with pytest.raises(Exception, match=r"FIELD_ALREADY_EXISTS"):
+        store._add_columns(ref, "batches", BATCH_ADDED_0008)  # still missing after: raised
