@@ -15,7 +15,8 @@ __all__ = ["BatchRun", "is_table_name", "read_output"]
 
 
 def is_table_name(target: str) -> bool:
-    """A table name (``catalog.schema.table``), not a path."""
+    """A table (or catalog schema) name such as ``catalog.schema.table``, not a path: it holds
+    neither ``/`` nor ``:``. The one rule for outputs, stores and job inputs."""
     return "/" not in target and ":" not in target
 
 

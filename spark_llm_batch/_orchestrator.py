@@ -168,9 +168,10 @@ class Orchestrator(EndedPhase):
             while self._active():
                 acted = self._step()
                 now = self._clock()
-                bar(summarize(self._records.values()))
+                progress = summarize(self._records.values())
+                bar(progress)
                 if now >= next_report:
-                    log.info("progress: %s", summarize(self._records.values()))
+                    log.info("progress: %s", progress)
                     next_report = now + policy.progress_seconds
                 if acted:
                     continue

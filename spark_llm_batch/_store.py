@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from spark_llm_batch import _columns as C
 from spark_llm_batch import _failpoints
+from spark_llm_batch._handle import is_table_name
 from spark_llm_batch._progress import Progress, summarize
 from spark_llm_batch._store_commit import committing
 from spark_llm_batch._store_tables import (
@@ -74,7 +75,7 @@ class Store:
     def __init__(self, spark: SparkSession, location: str) -> None:
         self.spark = spark
         self.location = location.rstrip("/")
-        self.is_catalog = "/" not in location and ":" not in location
+        self.is_catalog = is_table_name(location)
 
     # ---- opening and migrations -------------------------------------------------------------------
 

@@ -477,7 +477,9 @@ class JobConfig(_Strict):
     @property
     def input_is_path(self) -> bool:
         """Whether ``input`` is a path (it holds ``/`` or ``:``) rather than a table name."""
-        return self.input is not None and ("/" in self.input or ":" in self.input)
+        from spark_llm_batch._handle import is_table_name
+
+        return self.input is not None and not is_table_name(self.input)
 
     @model_validator(mode="after")
     def _one_input_and_one_prompt_source(self) -> JobConfig:
