@@ -13,9 +13,11 @@ The algorithm runs on executors in two Spark jobs; only per-part statistics reac
 3. Write (one job, the full lines, all in the JVM: no Python worker sees a row). Rows are
    shuffled by part; a window over each part and attempt group, ordered by ``(size desc, hash)``,
    drops duplicates (adjacent in that order) and numbers the rest, and each row's chunk follows
-   from its rank and the plan (literal maps per attempt). The rows (``batch_key``, ``hash``,
-   ``attempt``, ``nbytes``, ``line``) are appended to the store's ``chunks`` table by the sink in
-   the same job: Spark writes them, wherever the store is. No row passes through the driver. Every
+   from its rank and the plan (literal maps per attempt). The dealt rows (``batch_key``, ``hash``,
+   ``attempt``, ``nbytes``, ``line``) are shuffled once more, by chunk, and appended to the store's
+   ``chunks`` table by the sink in the same job: Spark writes them, wherever the store is, one file
+   per chunk. Parts are sized by bytes (``_pack_plan.PART_BYTES``) and each writer task holds about
+   one chunk, so no task's memory grows with the input or its partitioning. No row passes through the driver. Every
    line's size is checked against its measured size as it is dealt (a mismatch fails the job), and
    each chunk's count and bytes (read back from the table's narrow columns) against the plan and
    the limits.
@@ -138,13 +140,16 @@ def _dealt_rows(rows: DataFrame, plan: _Plan) -> DataFrame:
             )
         )
     )
-    return distinct.select(
+    dealt = distinct.select(
         F.element_at(keys, (chunk + 1).cast("int")).alias("batch_key"),
         F.col(HASH).alias("hash"),
         F.col(_GROUP).cast("int").alias("attempt"),
         nbytes.cast("long").alias("nbytes"),
         F.col(LINE).alias("line"),
     )
+    # Every part deals to every chunk: written as they are, the chunks would take a file per part
+    # and chunk, and each writer task would sort all of its part's chunks at once.
+    return dealt.repartition(plan.size, "batch_key")
 
 
 def _per_attempt(values: dict[int, Column]) -> Column:

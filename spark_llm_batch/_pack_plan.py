@@ -6,7 +6,10 @@ written chunks against :func:`_dealt`.
 
 Within one attempt group of ``N`` requests and ``T`` bytes, ``K`` starts at
 ``K0 = max(ceil(N/max_requests), ceil(T/max_bytes))``. The :data:`FINE_PARTS` fine parts are folded
-into ``P`` parts (``fine % P``), ``P`` as large as the byte room allows (below). Each part's rows are
+into ``P`` parts (``fine % P``): enough that no part holds more than :data:`PART_BYTES` of lines
+(a part is one task's sort and window, so this bounds a task's memory whatever the input's
+partitioning), at least the shuffle parallelism when there are that many chunks, and no more than
+the byte room allows (below). Each part's rows are
 ranked by ``(size desc, hash)`` after the rows of the parts before it, so ranks ``0..N-1`` are a
 bijection fixed by the data alone; rank ``r`` goes to chunk ``snake(r)`` (``0..K-1``, then
 ``K-1..0``, ...). Every chunk then holds ``floor(N/K)`` or ``ceil(N/K)`` requests, and at most
@@ -30,10 +33,14 @@ from dataclasses import dataclass
 
 from spark_llm_batch.errors import SparkLLMBatchError
 
-__all__ = ["FINE_PARTS"]
+__all__ = ["FINE_PARTS", "PART_BYTES"]
 
 FINE_PARTS = 1024
 """Fine parts measured per attempt group; packing folds them into at most this many parts."""
+
+PART_BYTES = 32 << 20
+"""The most bytes of lines a part should hold (its task sorts and numbers them): 32 MiB, so that a
+default 1 GiB heap shared by a few tasks never needs more than a spill's worth per task."""
 
 
 @dataclass
@@ -81,7 +88,8 @@ class _Plan:
 def _plan(groups: list[_Group], max_requests: int, max_bytes: int, parallelism: int) -> _Plan:
     """Chunks per group and the number of parts (see the module docstring)."""
     chunks = sum(g.first_k(max_requests, max_bytes) for g in groups)
-    parts = max(1, min(parallelism, chunks, FINE_PARTS))  # more parts than chunks: only more files
+    by_size = math.ceil(sum(g.total for g in groups) / PART_BYTES)
+    parts = max(1, min(FINE_PARTS, max(min(parallelism, chunks), by_size)))
 
     def fits_soon(group: _Group, p: int) -> bool:
         k0 = group.first_k(max_requests, max_bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from spark_llm_batch import _columns as C
@@ -114,6 +115,42 @@ def llm_batch(
         >>> out = llm_batch(df, template="Classify: {review}", model="claude-haiku-4-5",
         ...                 store="/lake/llm_store")  # doctest: +SKIP
     """
+    cfg = _resolve_config(config, options)
+    answered = _answer(df, prompt_col, cfg, wait=wait, settle=not wait)
+    spark, target = df.sparkSession, answered.target
+    if answered.open:
+        return BatchRun.of(spark, answered.store, target, complete=False)
+    written = _write_output(answered.rows, target)
+    return written if wait else BatchRun.of(spark, answered.store, target, complete=True)
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """What :func:`_answer` leaves: the output rows (a plan, not written), where they go, the
+    store, and whether some row is still unanswered or in flight (known only when asked for:
+    ``settle``)."""
+
+    rows: DataFrame
+    target: str
+    store: Store
+    open: bool
+
+
+def _answer(
+    df: DataFrame,
+    prompt_col: str | None,
+    cfg: BatchConfig,
+    *,
+    wait: bool,
+    settle: bool,
+    target: str | None = None,
+) -> _Answered:
+    """Stage, submit, wait (or not) and collect every request of ``df``; the output rows.
+
+    Nothing of the input is cached: each pass (staging, the open check, the output join) reads it
+    again and re-derives its hashes in the JVM, so no task holds more than a partition's stream,
+    whatever the input's partitioning (and serverless, which has no cache, runs the same plan).
+    """
     from spark_llm_batch import _encode, _schema, _transport, _validate
     from spark_llm_batch._leases import STAGE, Leases
     from spark_llm_batch._orchestrator import Orchestrator
@@ -121,7 +158,8 @@ def llm_batch(
     from spark_llm_batch.providers import get_provider
 
     spark = df.sparkSession
-    cfg, structured = _schema.resolve(_resolve_config(config, options), spark)
+    cfg, structured = _schema.resolve(cfg, spark)
+    target = target or cfg.output or _default_output(df, cfg, prompt_col)
     _validate.check_input(df, prompt_col, cfg)
     provider = get_provider(cfg)  # resolves credentials: a missing key fails here, before spending
     store = Store.open(spark, cfg.store)
@@ -131,29 +169,22 @@ def llm_batch(
     chats = _validate.holds_conversations(source, prompt)
     encoder = _encode.RequestEncoder.build(spark, provider, cfg, messages=chats)
     leases = Leases(store, ttl=cfg.lease_seconds)
-    target = cfg.output or _default_output(df, cfg, prompt_col)
-    # Persisted without the lines: the output needs only the input, the hash and encode failures;
-    # lines are built (in the JVM) for pending rows only, from the same persisted rows.
-    encoded = encoder.annotate(source, prompt, why_null).persist()
-    try:
-        with leases.heartbeat():
-            orchestrator = Orchestrator(
-                spark, store, provider, cfg, transport=transport, leases=leases, job=target
-            )
-            lines = encoder.line_column(encoded[f"`{prompt}`"], encoded[C.HASH])
-            # One run stages at a time: what another run has in flight is skipped, not sent twice.
-            with leases.holding(STAGE):
-                staged = _stage_pending(encoded, lines, cfg, store, orchestrator)
-            log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
-            summary = orchestrator.run(wait=wait)
-        log.info("orchestration finished: %s", summary)
-        if not wait and _still_open(encoded, store):
-            return BatchRun.of(spark, store, target, complete=False)
-        output = _join_results(encoded, store, cfg, structured)
-        written = _write_output(output, target)
-        return written if wait else BatchRun.of(spark, store, target, complete=True)
-    finally:
-        encoded.unpersist()
+    # The output needs only the input, the hash and encode failures; lines are built (in the
+    # JVM) for pending rows only.
+    encoded = encoder.annotate(source, prompt, why_null)
+    with leases.heartbeat():
+        orchestrator = Orchestrator(
+            spark, store, provider, cfg, transport=transport, leases=leases, job=target
+        )
+        lines = encoder.line_column(encoded[f"`{prompt}`"], encoded[C.HASH])
+        # One run stages at a time: what another run has in flight is skipped, not sent twice.
+        with leases.holding(STAGE):
+            staged = _stage_pending(encoded, lines, cfg, store, orchestrator)
+        log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
+        summary = orchestrator.run(wait=wait)
+    log.info("orchestration finished: %s", summary)
+    still_open = settle and _still_open(encoded, store)
+    return _Answered(_join_results(encoded, store, cfg, structured), target, store, still_open)
 
 
 def _still_open(encoded: DataFrame, store: Store) -> bool:
@@ -212,6 +243,7 @@ def llm_embed(
 
 
 def _resolve_config(config: BatchConfig | None, options: dict[str, Any]) -> BatchConfig:
+    """``config`` with ``options`` over its fields (or a config of ``options`` alone)."""
     if config is None:
         return BatchConfig.build(options)
     if not options:
