@@ -19,7 +19,7 @@ from __future__ import annotations
 from spark_llm_batch._extension import attach as _attach
 from spark_llm_batch._handle import BatchRun
 from spark_llm_batch._status import JobStatus, StoreStatus, status
-from spark_llm_batch.api import llm_batch, llm_embed
+from spark_llm_batch.api import llm_batch, llm_batch_table, llm_embed
 from spark_llm_batch.config import (
     BatchConfig,
     BatchLimits,
@@ -56,6 +56,7 @@ __all__ = [
     "__version__",
     "get_session",
     "llm_batch",
+    "llm_batch_table",
     "llm_embed",
     "local_session",
     "register_sql",

@@ -19,6 +19,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
+from spark_llm_batch._handle import BatchRun
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -96,18 +98,30 @@ def _read_input(spark: SparkSession, job: JobConfig) -> DataFrame:
     return spark.read.table(job.input)
 
 
-def _waited(df: DataFrame, job: JobConfig) -> int:
+def _call(df: DataFrame, job: JobConfig, *, wait: bool) -> DataFrame | BatchRun:
+    """``llm_batch`` on the input; over a table, :func:`~spark_llm_batch.api.llm_batch_table`
+    (which reads only what changed since the last run when it can)."""
     import spark_llm_batch
 
-    out = spark_llm_batch.llm_batch(df, job.prompt_col, config=job.batch)
+    if job.follows_versions:
+        assert job.input is not None
+        return spark_llm_batch.llm_batch_table(
+            df.sparkSession, job.input, job.prompt_col, config=job.batch, wait=wait,
+            incremental=job.incremental,
+        )  # fmt: skip
+    return spark_llm_batch.llm_batch(df, job.prompt_col, config=job.batch, wait=wait)
+
+
+def _waited(df: DataFrame, job: JobConfig) -> int:
+    out = _call(df, job, wait=True)
+    assert not isinstance(out, BatchRun)
     return _report(out, job, job.batch.output)
 
 
 def _detached(df: DataFrame, job: JobConfig) -> int:
     """Advance the run as far as it goes without waiting; report it, or its output once done."""
-    import spark_llm_batch
-
-    run = spark_llm_batch.llm_batch(df, job.prompt_col, config=job.batch, wait=False)
+    run = _call(df, job, wait=False)
+    assert isinstance(run, BatchRun)
     if not run.complete:
         print(f"in flight: {run}")
         print(

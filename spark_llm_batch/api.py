@@ -13,14 +13,14 @@ from spark_llm_batch._handle import BatchRun
 from spark_llm_batch.config import EMBEDDINGS, BatchConfig
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from spark_llm_batch._orchestrator import Orchestrator
     from spark_llm_batch._schema import Structured
     from spark_llm_batch._store import Store
     from spark_llm_batch._store_tables import BatchRecord
 
-__all__ = ["RESULT_FIELDS", "BatchRun", "llm_batch", "llm_embed"]
+__all__ = ["RESULT_FIELDS", "BatchRun", "llm_batch", "llm_batch_table", "llm_embed"]
 
 log = logging.getLogger("spark_llm_batch")
 
@@ -63,6 +63,17 @@ def llm_batch(
     wait: Literal[False],
     **options: Any,
 ) -> BatchRun: ...
+
+
+@overload
+def llm_batch(
+    df: DataFrame,
+    prompt_col: str | None = ...,
+    *,
+    config: BatchConfig | None = ...,
+    wait: bool,
+    **options: Any,
+) -> DataFrame | BatchRun: ...
 
 
 def llm_batch(
@@ -116,17 +127,17 @@ def llm_batch(
         ...                 store="/lake/llm_store")  # doctest: +SKIP
     """
     cfg = _resolve_config(config, options)
-    answered = _answer(df, prompt_col, cfg, wait=wait, settle=not wait)
+    answered = answer_rows(df, prompt_col, cfg, wait=wait, settle=not wait)
     spark, target = df.sparkSession, answered.target
     if answered.open:
         return BatchRun.of(spark, answered.store, target, complete=False)
-    written = _write_output(answered.rows, target)
+    written = write_output(answered.rows, target)
     return written if wait else BatchRun.of(spark, answered.store, target, complete=True)
 
 
 @dataclass(frozen=True)
-class _Answered:
-    """What :func:`_answer` leaves: the output rows (a plan, not written), where they go, the
+class Answered:
+    """What :func:`answer_rows` leaves: the output rows (a plan, not written), where they go, the
     store, and whether some row is still unanswered or in flight (known only when asked for:
     ``settle``)."""
 
@@ -136,16 +147,18 @@ class _Answered:
     open: bool
 
 
-def _answer(
+def answer_rows(
     df: DataFrame,
     prompt_col: str | None,
     cfg: BatchConfig,
     *,
     wait: bool,
-    settle: bool,
+    settle: bool = True,
     target: str | None = None,
-) -> _Answered:
-    """Stage, submit, wait (or not) and collect every request of ``df``; the output rows.
+) -> Answered:
+    """Stage, submit, wait (or not) and collect every request of ``df``; the output rows (at
+    ``target``, else the call's default location). With ``settle``, find out whether some row
+    is still open (a detached run, or a waited one that gave up).
 
     Nothing of the input is cached: each pass (staging, the open check, the output join) reads it
     again and re-derives its hashes in the JVM, so no task holds more than a partition's stream,
@@ -159,7 +172,7 @@ def _answer(
 
     spark = df.sparkSession
     cfg, structured = _schema.resolve(cfg, spark)
-    target = target or cfg.output or _default_output(df, cfg, prompt_col)
+    target = target or cfg.output or default_output(df, cfg, prompt_col)
     _validate.check_input(df, prompt_col, cfg)
     provider = get_provider(cfg)  # resolves credentials: a missing key fails here, before spending
     store = Store.open(spark, cfg.store)
@@ -183,8 +196,52 @@ def _answer(
         log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
         summary = orchestrator.run(wait=wait)
     log.info("orchestration finished: %s", summary)
-    still_open = settle and _still_open(encoded, store)
-    return _Answered(_join_results(encoded, store, cfg, structured), target, store, still_open)
+    # A waited run leaves rows open only when it gave up waiting.
+    still_open = settle and (not wait or summary.timed_out) and _still_open(encoded, store)
+    return Answered(_join_results(encoded, store, cfg, structured), target, store, still_open)
+
+
+def llm_batch_table(
+    spark: SparkSession,
+    table: str,
+    prompt_col: str | None = None,
+    *,
+    config: BatchConfig | None = None,
+    wait: bool = True,
+    incremental: bool = True,
+    **options: Any,
+) -> DataFrame | BatchRun:
+    """:func:`llm_batch` over a table, reading only what changed since the last run.
+
+    ``table`` is a table name (``lake.reviews``) or the path of a Delta table. When it is a Delta
+    table with the change data feed on (``ALTER TABLE ... SET TBLPROPERTIES
+    (delta.enableChangeDataFeed = true)``), a run after the first reads only the rows inserted
+    since the version the output covers, and appends their answers to the output in one commit
+    that records the new version. Anything else (the first run, updates or deletes in the input,
+    no change feed, another call or input schema, an output changed by someone else, or
+    ``incremental=False``) answers the whole table at its current version and overwrites the
+    output, as :func:`llm_batch` does. Each row is paid for once either way: the requests go
+    through the same store.
+
+    Args:
+        spark: the session.
+        table: the input: a table name, or a path (read as Delta; another format is read whole).
+        prompt_col, config, wait, **options: as for :func:`llm_batch`.
+        incremental: read only the changes when possible (default), or always the whole table.
+
+    Returns:
+        As :func:`llm_batch`: the output table (one row per input row), or a :class:`BatchRun`.
+        A waited run that gives up with changed rows unanswered returns the output plus those
+        rows (``pending``) without writing them; the next run reads the same changes again.
+
+    Example:
+        >>> out = llm_batch_table(spark, "lake.reviews", "review", model="gpt-4o-mini",
+        ...                       store="/lake/llm_store", output="lake.reviews_llm")  # doctest: +SKIP
+    """
+    from spark_llm_batch._incremental import answer_table
+
+    cfg = _resolve_config(config, options)
+    return answer_table(spark, table, prompt_col, cfg, wait=wait, incremental=incremental)
 
 
 def _still_open(encoded: DataFrame, store: Store) -> bool:
@@ -337,11 +394,20 @@ def _result_struct(structured: Structured | None = None, embeds: bool = False) -
     return F.struct(*fields)
 
 
-def _write_output(output: DataFrame, target: str) -> DataFrame:
-    """Write the output Delta table at ``target`` (overwriting a previous run's), read it back."""
+def write_output(
+    output: DataFrame, target: str, *, append: bool = False, note: str | None = None
+) -> DataFrame:
+    """Write the output Delta table at ``target`` (overwriting a previous run's, or with
+    ``append`` adding to it) in one commit whose ``userMetadata`` is ``note``; read it back."""
     from spark_llm_batch._handle import is_table_name, read_output
 
-    writer = output.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    writer = output.write.format("delta")
+    if append:
+        writer = writer.mode("append")
+    else:
+        writer = writer.mode("overwrite").option("overwriteSchema", "true")
+    if note is not None:
+        writer = writer.option("userMetadata", note)
     if is_table_name(target):
         writer.saveAsTable(target)
     else:
@@ -349,32 +415,34 @@ def _write_output(output: DataFrame, target: str) -> DataFrame:
     return read_output(output.sparkSession, target)
 
 
-def _default_output(df: DataFrame, cfg: BatchConfig, prompt_col: str | None) -> str:
+def default_output(df: DataFrame, cfg: BatchConfig, prompt_col: str | None) -> str:
     """A stable location under the store, one per distinct input and call.
 
     The input counts by its query plan (``semanticHash``: the same table read the same way is the
-    same input, grown or not; two tables are two outputs), the call by its model, prompt column,
-    request options and result column.
+    same input, grown or not; two tables are two outputs), the call by :func:`call_identity`.
     """
-    identity = json.dumps(
-        {
-            "input": df.semanticHash(),
-            "model": cfg.model,
-            "prompt_col": prompt_col,
-            "system": cfg.system,
-            "params": cfg.params,
-            "response_format": cfg.response_format,
-            "result_col": cfg.result_col,
-            # Only when set: calls without a template keep the locations they had.
-            **({"template": [cfg.template, cfg.template_nulls]} if cfg.template else {}),
-            **({"endpoint": cfg.openai.endpoint} if cfg.openai.endpoint == EMBEDDINGS else {}),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     from spark_llm_batch._handle import is_table_name
 
+    identity = json.dumps(
+        {"input": df.semanticHash(), **call_identity(cfg, prompt_col)}, sort_keys=True, default=str
+    )
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     if is_table_name(cfg.store):
         return f"{cfg.store}.llm_output_{digest}"
     return f"{cfg.store.rstrip('/')}/outputs/{digest}"
+
+
+def call_identity(cfg: BatchConfig, prompt_col: str | None) -> dict[str, Any]:
+    """What makes two calls answer the same rows alike: the model, prompt column, request
+    options and result column (not the store, limits or polling)."""
+    return {
+        "model": cfg.model,
+        "prompt_col": prompt_col,
+        "system": cfg.system,
+        "params": cfg.params,
+        "response_format": cfg.response_format,
+        "result_col": cfg.result_col,
+        # Only when set: calls without a template keep the locations they had.
+        **({"template": [cfg.template, cfg.template_nulls]} if cfg.template else {}),
+        **({"endpoint": cfg.openai.endpoint} if cfg.openai.endpoint == EMBEDDINGS else {}),
+    }
