@@ -10,6 +10,10 @@ Because the fake's "server" is its own memory, uploads must reach the driver's c
 :class:`SplitTransport` uploads through the real driver transport and brings results back through
 the real transport of the test's choice (executors by default: ``iter_results`` runs pickled in a
 Spark task, as in a classic run).
+
+:class:`TimedFakeProvider` ends its batches at set times of a :class:`FakeClock` instead, and logs
+every poll; :func:`run_on_fake_clock` drives the orchestrator through hours of that clock in
+seconds (the poll-rate test, and ``bench/control_plane_bench.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
@@ -32,7 +36,7 @@ from spark_llm_batch._transport import (
     ResultLines,
     UploadOutcome,
 )
-from spark_llm_batch.config import BatchConfig, ProviderSettings
+from spark_llm_batch.config import BatchConfig, PollPolicy, ProviderSettings
 from spark_llm_batch.errors import ProviderError
 from spark_llm_batch.providers.base import (
     AmbiguousBatch,
@@ -44,6 +48,8 @@ from spark_llm_batch.providers.base import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from spark_llm_batch._pack import ChunkSink
     from spark_llm_batch._store import Store
     from spark_llm_batch._transport import Transport
@@ -184,6 +190,53 @@ class FakeProvider(Provider):
                                input_tokens=1, output_tokens=2, model="fake-model")  # fmt: skip
 
 
+class FakeClock:
+    """The orchestrator's ``clock`` (call it) and ``sleep``: time moves only when slept on.
+
+    A loop that keeps sleeping 0 s without acting would spin forever on a fake clock: after
+    ``spin_limit`` such sleeps in a row it fails instead.
+    """
+
+    def __init__(self, start: float = 1000.0, spin_limit: int = 10_000) -> None:
+        self.now, self.spin_limit, self._spins = start, spin_limit, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self._spins = self._spins + 1 if seconds <= 0 else 0
+        assert self._spins < self.spin_limit, f"the loop spins at {self.now} without sleeping"
+        self.now += max(seconds, 0.0)
+
+
+@dataclass
+class TimedFakeProvider(FakeProvider):
+    """Batches end on a clock, not after a number of polls: the i-th created ends ``seconds[i]``
+    (default 0) after its create. Every retrieve is logged in ``polled`` (batch id -> clock times);
+    ``spans`` holds each batch's (created, ends) times."""
+
+    clock: Callable[[], float] = time.monotonic
+    seconds: dict[int, float] = field(default_factory=dict)
+    polled: dict[str, list[float]] = field(default_factory=dict)
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def create(self, chunk: ChunkRef, input_ref: str | None, config: BatchConfig) -> ProviderBatch:
+        index = len(self.creates)
+        view = super().create(chunk, input_ref, config)
+        now = self.clock()
+        self.spans[view.batch_id] = (now, now + self.seconds.get(index, 0.0))
+        self.batches[view.batch_id]["to_end"] = float("inf")
+        return view
+
+    def retrieve(self, batch_id: str) -> ProviderBatch:
+        now = self.clock()
+        self.polled.setdefault(batch_id, []).append(now)
+        batch = self.batches.get(batch_id)
+        if batch is not None and now >= self.spans[batch_id][1]:
+            batch["to_end"] = batch["polls"] + 1  # this retrieve sees it ended
+        return super().retrieve(batch_id)
+
+
 @dataclass
 class InlineFakeProvider(FakeProvider):
     """Like Anthropic: the lines travel in the create call, and a batch carries no key, so
@@ -318,3 +371,46 @@ class TestStager:
         self.calls += 1
         rows = [(r[C.HASH], r[C.LINE], int(r[C.ATTEMPT])) for r in frame.collect()]
         return stage_rows(self.spark, rows, per_chunk=1000, sink=self.sink)
+
+
+def run_on_fake_clock(
+    spark: SparkSession, root: Path, seconds: Sequence[float], *, poll: PollPolicy | None = None
+) -> TimedFakeProvider:
+    """Drive the orchestrator on a :class:`FakeClock` over one single-request batch per entry
+    of ``seconds`` (how long the i-th created runs), all staged at once, with ``poll`` (default:
+    the default policy, no bar); the fake, with its poll log, once every batch is collected."""
+    from spark_llm_batch._leases import Leases
+    from spark_llm_batch._orchestrator import Orchestrator
+    from spark_llm_batch._store import Store
+
+    store = Store.open(spark, str(root / "store"))
+    staged = stage_rows(spark, prompts(len(seconds)), per_chunk=1, sink=store)
+    store.record_staged(staged, provider="fake", endpoint="/v1/chat/completions")
+    clock = FakeClock()
+    fake = TimedFakeProvider.build(clock=clock, seconds=dict(enumerate(seconds)))
+    config = BatchConfig(
+        model="openai:fake-model",
+        store=str(root / "store"),
+        poll=poll or PollPolicy(progress_bar=False),
+    )
+    leases = Leases(store, ttl=config.lease_seconds)
+    with leases.heartbeat():
+        summary = Orchestrator(
+            spark, store, fake, config, transport=fake_transport(store, fake), leases=leases,
+            restage=TestStager(spark, store), sleep=clock.sleep, clock=clock,
+        ).run()  # fmt: skip
+    assert summary.collected == len(seconds), summary
+    return fake
+
+
+def polls_per_hour(fake: TimedFakeProvider) -> tuple[float, int]:
+    """Polls per batch-hour of the fake's batches that ran an hour or more, and the most polls
+    any batch got in one hour (a sliding window)."""
+    long = [b for b, (start, end) in fake.spans.items() if end - start >= 3600]
+    polls = sum(len(fake.polled[b]) for b in long)
+    hours = sum(fake.spans[b][1] - fake.spans[b][0] for b in long) / 3600
+    busiest = 0
+    for times in fake.polled.values():
+        for i, first in enumerate(times):
+            busiest = max(busiest, sum(1 for t in times[i:] if t < first + 3600))
+    return (polls / hours if hours else 0.0), busiest

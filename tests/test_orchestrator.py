@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 
 from spark_llm_batch import _columns as C
 from spark_llm_batch._leases import Leases
-from spark_llm_batch._orchestrator import Orchestrator, RunSummary
+from spark_llm_batch._orchestrator import SOON_FRACTION, Orchestrator, RunSummary
 from spark_llm_batch._store import Store
 from spark_llm_batch._store_tables import Phase
 from spark_llm_batch._transport import DriverTransport, ExecutorTransport, Transport
@@ -32,7 +32,9 @@ from tests.orchestrator_fakes import (
     SplitTransport,
     TestStager,
     fake_transport,
+    polls_per_hour,
     prompts,
+    run_on_fake_clock,
     stage_rows,
 )
 
@@ -491,3 +493,29 @@ def test_auth_refusals_stop_the_run_stay_open_and_are_sent_by_the_next_run(
     _assert_all_answered(store, rows)
     assert {h for h, r in _results(store).items() if r["attempt"] == 2} == refused
     assert _chunk_keys(store) == set()  # the second run swept both batches' lines
+
+
+HOUR = 3600.0
+
+
+def test_polls_stay_under_60_per_batch_hour_also_when_batches_end_one_at_a_time(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # The default policy on a fake clock: two batches run 3 h and end together; six others end
+    # one at a time in the first 10 minutes, and each end brings the others' next poll forward.
+    policy = PollPolicy(progress_bar=False)
+    seconds = [3 * HOUR, 3 * HOUR, *(100.0 * i for i in range(1, 7))]
+    fake = run_on_fake_clock(spark, tmp_path, seconds, poll=policy)
+    rate, busiest = polls_per_hour(fake)
+    assert busiest <= 60, {b: len(times) for b, times in fake.polled.items()}
+    assert rate <= 60, rate
+    # Still "soon": after the poll that saw another batch end, the long ones still running are
+    # polled again within SOON_FRACTION of max_seconds (plus the first interval), not after their
+    # grown backoff.
+    soon = policy.max_seconds * SOON_FRACTION + policy.initial_seconds
+    long_ids = [b for b, (start, end) in fake.spans.items() if end - start >= HOUR]
+    for batch_id, times in fake.polled.items():
+        seen = times[-1]
+        for long_id in [b for b in long_ids if fake.polled[b][-1] > seen]:
+            polls = fake.polled[long_id]
+            assert any(seen < t <= seen + soon for t in polls), (batch_id, seen, long_id)

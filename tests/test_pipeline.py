@@ -113,6 +113,35 @@ def test_every_row_gets_its_own_answer_billed_once(
     assert spark.read.format("delta").load(str(tmp_path / "store" / "chunks")).count() == 0
 
 
+def test_a_batch_costs_at_most_four_calls_besides_polls(
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
+) -> None:
+    # A fresh run: no lookups (batches.list) and no error files to download when every request
+    # succeeded. OpenAI: upload, create, the output file, the input file's delete; Anthropic:
+    # create (the lines inline) and its results.
+    df = spark.createDataFrame([(i, f"count me {i}") for i in range(30)], "id long, prompt string")
+    quick_emulator.clear_calls()
+    out = df.llm_batch(
+        "prompt", **options(quick_emulator, tmp_path / "store", limits=BatchLimits(max_requests=10))
+    )
+    batches = len({r["batch_id"] for r in out.select("llm.batch_id").collect()})
+    assert batches == 3
+    calls = quick_emulator.calls()[provider]
+    polls = calls.pop("batch_retrieve")
+    assert polls >= batches
+    per_batch = (
+        {"file_upload": 1, "batch_create": 1, "file_content": 1, "file_delete": 1}
+        if provider == "openai"
+        else {"batch_create": 1, "batch_results": 1}
+    )
+    assert calls == {kind: n * batches for kind, n in per_batch.items()}
+    assert sum(calls.values()) <= 4 * batches
+
+
 def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
     spark: SparkSession,
     quick_emulator: Emulator,

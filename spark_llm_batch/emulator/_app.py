@@ -13,8 +13,9 @@ API for surface modules::
 ``_anthropic.register(app, state)``. Paths under ``/v1/messages`` get Anthropic's error shape
 (``{"type":"error","error":{"type","message"}}``); everything else OpenAI's
 (``{"error":{"message","type","param","code"}}``). ``type`` defaults from the status per provider.
-Auth (any non-empty ``Authorization: Bearer`` or ``x-api-key``) and the seeded control-plane
-429/500 draw run before every provider route; ``/_emulator/*`` routes need neither.
+Every provider call is counted (:mod:`._calls`), then auth (any non-empty ``Authorization:
+Bearer`` or ``x-api-key``) and the seeded control-plane 429/500 draw run before its route;
+``/_emulator/*`` routes need neither and are not counted.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from spark_llm_batch.emulator._calls import kind_of
 from spark_llm_batch.emulator._state import EmulatorConfig, EmulatorState
 
 __all__ = ["STATE_KEY", "ApiError", "create_app", "json_response"]
@@ -143,6 +145,12 @@ async def _gate_middleware(request: web.Request, handler: Handler) -> web.Stream
     if request.path.startswith("/_emulator/"):
         return await handler(request)
     state = request.app[STATE_KEY]
+    resource = request.match_info.route.resource
+    pattern = resource.canonical if resource is not None else request.path
+    state.calls.count(
+        "anthropic" if is_anthropic_path(request.path) else "openai",
+        kind_of(request.method, pattern),
+    )
     _check_auth(request, state.config.api_keys)
     hit = state.faults.control_plane()
     if hit is not None and hit.status == 429:
@@ -190,6 +198,15 @@ async def _get_ledger(request: web.Request) -> web.Response:
 
 async def _clear_ledger(request: web.Request) -> web.Response:
     request.app[STATE_KEY].ledger.clear()
+    return json_response({"cleared": True})
+
+
+async def _get_calls(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE_KEY].calls.snapshot())
+
+
+async def _clear_calls(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].calls.clear()
     return json_response({"cleared": True})
 
 
@@ -249,6 +266,8 @@ def create_app(state: EmulatorState) -> web.Application:
     app.router.add_get("/_emulator/health", _health)
     app.router.add_get("/_emulator/ledger", _get_ledger)
     app.router.add_delete("/_emulator/ledger", _clear_ledger)
+    app.router.add_get("/_emulator/calls", _get_calls)
+    app.router.add_delete("/_emulator/calls", _clear_calls)
     app.router.add_get("/_emulator/config", _get_config)
     app.router.add_route("PATCH", "/_emulator/config", _patch_config)
     app.router.add_post("/_emulator/config", _patch_config)

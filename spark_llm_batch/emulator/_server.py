@@ -178,6 +178,23 @@ class Emulator:
         """Forget every ledger entry."""
         self._control("DELETE", "/_emulator/ledger")
 
+    def calls(self) -> dict[str, dict[str, int]]:
+        """Provider calls served so far: provider -> kind -> count (``GET /_emulator/calls``).
+
+        Kinds are named per step (``file_upload``, ``batch_create``, ``batch_retrieve``,
+        ``batches_list``, ``file_content``, ``batch_results``, ``file_delete``, ...; see
+        :mod:`spark_llm_batch.emulator._calls`); refused calls count too.
+
+        Example:
+            >>> emu.calls()["openai"].get("batch_retrieve", 0)  # doctest: +SKIP
+            3
+        """
+        return dict(self._control("GET", "/_emulator/calls"))
+
+    def clear_calls(self) -> None:
+        """Forget every call count."""
+        self._control("DELETE", "/_emulator/calls")
+
     def _control(self, method: str, path: str, body: Any = None) -> Any:
         # Over HTTP, like any client: handlers stay on the loop thread, no locking needed.
         data = None if body is None else json.dumps(body).encode()

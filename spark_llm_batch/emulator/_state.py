@@ -6,6 +6,7 @@ event-loop thread unless it says otherwise::
     state.config                      # EmulatorConfig (frozen; replaced by state.configure)
     state.clock.now()                 # simulated unix seconds (see _clock)
     state.ledger.record(...)          # billing (see _ledger)
+    state.calls.snapshot()            # provider calls served, per kind (see _calls)
     state.new_id("msgbatch_")         # a fresh unique id with that prefix
     state.put("anthropic_batch", rec) # store/replace a JSON-able dict with an "id" key
     state.get("anthropic_batch", id)  # -> dict | None (the stored object itself: mutate, then put)
@@ -35,6 +36,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from spark_llm_batch.emulator._calls import Calls
 from spark_llm_batch.emulator._clock import SimClock
 from spark_llm_batch.emulator._faults import ControlPlaneFaults, Fault, RequestFaults
 from spark_llm_batch.emulator._ledger import Ledger
@@ -157,6 +159,7 @@ class EmulatorState:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-work")
         self.clock = SimClock(speed=config.clock_speed, start=self._load_clock())
         self.ledger = Ledger(self.root / "ledger.jsonl" if config.state_dir else None)
+        self.calls = Calls()
         self.faults = _faults_for(config)
         self.request_faults = _request_faults_for(config)
         self.config = config

@@ -8,6 +8,7 @@ import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -50,6 +51,57 @@ def test_ledger_over_http_matches_python(
         assert entry["batch_id"] == batch.id
     emu.clear_ledger()
     assert emu.ledger() == []
+
+
+def test_calls_are_counted_per_provider_and_kind_and_reset(
+    fresh_emulator: Callable[..., Emulator], make_openai_jsonl: MakeJsonl
+) -> None:
+    import anthropic
+    import openai
+
+    emu = fresh_emulator(processing_seconds=0, api_keys=frozenset({"sk-test-emulator"}))
+    client = client_for(emu)
+    batch = wait(client, submit(client, make_openai_jsonl(["a", "b"])).id)  # >= 1 retrieve
+    client.batches.list()
+    lines(client, batch.output_file_id)
+    client.files.delete(batch.input_file_id)
+    with pytest.raises(openai.AuthenticationError):  # refused, yet it reached the provider
+        openai.OpenAI(
+            base_url=emu.openai_base_url, api_key="sk-wrong", max_retries=0
+        ).batches.retrieve(batch.id)
+    claude = anthropic.Anthropic(
+        base_url=emu.anthropic_base_url, api_key="sk-test-emulator", max_retries=0
+    )
+    request: Any = {
+        "custom_id": "r0",
+        "params": {"model": "claude-3-5-haiku-latest", "max_tokens": 8,
+                   "messages": [{"role": "user", "content": "hi"}]},
+    }  # fmt: skip
+    created = claude.messages.batches.create(requests=[request])
+    while claude.messages.batches.retrieve(created.id).processing_status != "ended":
+        pass
+    assert [r.custom_id for r in claude.messages.batches.results(created.id)] == ["r0"]
+    emu.ledger()  # control routes are not counted
+
+    calls = emu.calls()
+    retrieves = calls["openai"].pop("batch_retrieve")
+    assert retrieves >= 2  # the wait's polls, and the refused one
+    assert calls["openai"] == {
+        "file_upload": 1,
+        "batch_create": 1,
+        "batches_list": 1,
+        "file_content": 1,
+        "file_delete": 1,
+    }
+    assert calls["anthropic"].pop("batch_retrieve") >= 1
+    assert calls["anthropic"] == {"batch_create": 1, "batch_results": 1}
+    with urllib.request.urlopen(emu.url + "/_emulator/calls") as resp:
+        assert json.loads(resp.read())["openai"]["batch_retrieve"] == retrieves
+
+    emu.clear_calls()
+    assert emu.calls() == {"anthropic": {}, "openai": {}}
+    client.files.list()
+    assert emu.calls()["openai"] == {"files_list": 1}
 
 
 def test_ledger_settles_batches_nobody_polled(
