@@ -16,9 +16,11 @@ from pathlib import Path
 
 # name -> (module, section title)
 BENCHMARKS = {
+    "control_plane": ("bench.control_plane_bench", "Control-plane calls"),
     "emulator": ("bench.emulator_bench", "Emulator"),
     "pipeline": ("bench.pipeline_bench", "Pipeline"),
     "reconcile": ("bench.reconcile_bench", "Crash reconciliation"),
+    "scale": ("bench.scale_bench", "Scale"),
 }
 _FILE = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 _HEADER = "# Benchmarks\n\nNumbers from `python -m bench` (`make bench`). Each section says how it was measured.\n"
@@ -35,9 +37,17 @@ def _replace_section(text: str, title: str, body: str) -> str:
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], metavar="name")
-    parser.add_argument("--rows", type=int, default=None, help="pipeline: input rows (1,000,000)")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="pipeline: timed pairs (2); reconcile: rounds (3)"
+        "--rows",
+        type=int,
+        default=None,
+        help="pipeline: input rows (1,000,000); scale: (10,000,000)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="pipeline: timed pairs (2); reconcile: rounds (3)",
     )
     parser.add_argument(
         "--memory-rows", default=None, help="pipeline: further sizes, comma-separated (100000)"
@@ -51,15 +61,17 @@ def _options(name: str, args: argparse.Namespace) -> tuple[dict[str, object], st
     flags = ""
     if name == "reconcile" and args.repeats is not None:
         return {"repeats": args.repeats}, f" --repeats {args.repeats}"
-    if name != "pipeline":
+    if name not in ("pipeline", "scale"):
         return {}, ""
     if args.rows is not None:
         options["rows"] = args.rows
         flags += f" --rows {args.rows}"
+    if name == "scale":
+        return options, flags
     if args.repeats is not None:
         options["repeats"] = args.repeats
         flags += f" --repeats {args.repeats}"
-    if args.memory_rows is not None:
+    if name == "pipeline" and args.memory_rows is not None:
         options["memory_rows"] = tuple(int(n) for n in args.memory_rows.split(",") if n)
         flags += f" --memory-rows {args.memory_rows}"
     return options, flags

@@ -78,9 +78,17 @@ class _PhaseClock(logging.Handler):
                 self.marks[phase] = time.perf_counter()
 
 
-def _write_input(spark: Any, path: str, rows: int, first_id: int = 0) -> None:
+def _write_input(
+    spark: Any,
+    path: str,
+    rows: int,
+    first_id: int = 0,
+    *,
+    partitions: int = _INPUT_PARTITIONS,
+    mode: str = "overwrite",
+) -> None:
     """``rows`` distinct prompts of ~300 characters, each starting with its row id (from
-    ``first_id``)."""
+    ``first_id``), written as ``partitions`` files."""
     from pyspark.sql import functions as F
 
     idx = F.col("id").cast("string")
@@ -94,10 +102,10 @@ def _write_input(spark: Any, path: str, rows: int, first_id: int = 0) -> None:
         F.lit(" "),
         F.sha2(F.concat(idx, F.lit("/c")), 224),
     )
-    frame = spark.range(first_id, first_id + rows, 1, _INPUT_PARTITIONS).select(
+    frame = spark.range(first_id, first_id + rows, 1, partitions).select(
         "id", prompt.alias("prompt")
     )
-    frame.write.format("delta").mode("overwrite").save(path)
+    frame.write.format("delta").mode(mode).save(path)
 
 
 def _plain(spark: Any, source: str, target: str) -> float:
