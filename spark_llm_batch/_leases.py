@@ -15,7 +15,9 @@ The store's ``leases`` table holds one row per lease: ``name``, ``holder`` (a ru
 A claim is one MERGE that takes a name only where it is free, expired, or already ours; Delta
 makes two concurrent MERGEs on the table conflict, and :func:`~spark_llm_batch._store_commit.
 committing` runs the loser again, which then finds the name held. Who won: every name, when the
-MERGE reports a row written for each; else it is read back.
+MERGE reports a row written for each; else it is read back. A key this run has just made (a new
+batch's, before any ``batches`` row names it) cannot be held by anyone: it is claimed with one
+blind append instead (``claim_new``), a ninth of a MERGE's Spark jobs.
 Times are the Spark driver's clock (``current_timestamp()``); ``ttl`` must exceed any clock skew
 between the drivers sharing a store, and the longest pause a heartbeat may suffer.
 
@@ -26,7 +28,9 @@ A run whose heartbeat could not renew its leases within ``ttl`` stops (``check``
 have taken its batches over, and driving them on could pay for one twice.
 
 The lease of a finished (collected or abandoned) batch guards nothing: the run stops renewing it
-and lets it lapse (``let_lapse``), without a commit.
+and lets it lapse (``let_lapse``), without a commit. A release deletes the released rows, and with
+them every row expired for :data:`FORGET_AFTER_SECONDS`, in one commit: lapsed leases do not pile
+up, and no other commit is spent on them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ log = logging.getLogger("spark_llm_batch")
 
 STAGE = "stage"
 """The lease held while a run stages requests."""
+
+FORGET_AFTER_SECONDS = 24 * 3600.0
+"""How long a lapsed lease's row stays in ``leases``; a release deletes the older ones."""
 
 
 def _owner_id() -> str:
@@ -136,7 +143,7 @@ class Leases:
             "WHEN MATCHED AND (t.holder = s.holder OR t.expires_at < current_timestamp()"
             f"{or_dead}) THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
         )
-        metrics = committing("claiming leases", lambda: self.store.spark.sql(statement).collect())
+        metrics = self._commit("claiming leases", statement)
         if _rows_written(metrics) == len(set(names)):  # every name's row is now ours
             won = set(names)
         else:  # some were held (or no metrics): ours if the row names us, even if it already
@@ -146,6 +153,26 @@ class Leases:
         with self._lock:
             self.held |= won
         return won
+
+    def claim_new(self, names: Sequence[str]) -> None:
+        """Take ``names`` that no run can hold: keys this run has just made, that no ``batches``
+        row names yet (so no other run knows them). One blind append: there is no row for a
+        MERGE to weigh, and an append never conflicts with other runs' claims.
+
+        Example:
+            >>> leases.claim_new([uuid.uuid4().hex])  # doctest: +SKIP
+        """
+        if not names:
+            return
+        values = ", ".join(f"({_names([n])})" for n in names)
+        statement = (
+            f"INSERT INTO {self.store.table_ref('leases')} SELECT name, '{self.owner}', "
+            f"current_timestamp() + make_interval(0, 0, 0, 0, 0, 0, {self.ttl}) "
+            f"FROM VALUES {values} AS v(name)"
+        )
+        self._commit("claiming new leases", statement)  # retried, two rows naming us: one lease
+        with self._lock:
+            self.held |= set(names)
 
     def holders(self, names: Sequence[str], *, live: bool = True) -> dict[str, str | None]:
         """Per name: the holder of its live lease, or ``None`` (free or expired); with ``live``
@@ -172,29 +199,36 @@ class Leases:
             return set(self.held)
 
     def release(self, names: Sequence[str]) -> None:
-        """Give up ``names`` now (expired at once: another run may take them)."""
+        """Give up ``names`` now (their rows deleted: another run may take them), and forget
+        every lease expired for :data:`FORGET_AFTER_SECONDS`, in one commit."""
         names = [n for n in names if n in self.held]
         if not names:
             return
         statement = (
-            f"UPDATE {self.store.table_ref('leases')} SET expires_at = TIMESTAMP'1970-01-01 "
-            f"00:00:00' WHERE holder = '{self.owner}' AND name IN ({_names(names)})"
+            f"DELETE FROM {self.store.table_ref('leases')} WHERE (holder = '{self.owner}' AND "
+            f"name IN ({_names(names)})) OR expires_at < current_timestamp() - "
+            f"make_interval(0, 0, 0, 0, 0, 0, {FORGET_AFTER_SECONDS})"
         )
-        committing("releasing leases", lambda: self.store.spark.sql(statement).collect())
+        self._commit("releasing leases", statement)
         with self._lock:
             self.held -= set(names)
 
     @contextmanager
     def holding(self, name: str, *, poll: float = 1.0) -> Iterator[None]:
-        """Hold ``name`` for the block, waiting (and saying so) while another run holds it."""
+        """Hold ``name`` for the block, waiting (and saying so) while another run holds it.
+
+        The first try claims at once (no read first: a lease is free most of the time, and a
+        held one is read back by the claim); after that, only what looks free is claimed."""
         waited = False
+        holder: str | None = None  # not read yet: the first try claims at once
         while True:
-            holder = self.holders([name])[name]
-            # Claim only what looks free (a read, not a commit): waiting runs do not keep
-            # racing the holder's heartbeat.
-            free = holder in (None, self.owner) or died_here(holder)
-            if free and name in self.claim([name], holders={name: holder}):
+            # After that, claim only what looks free (a read, not a commit): waiting runs do
+            # not keep racing the holder's heartbeat.
+            if self._looks_free(holder) and name in self.claim([name], holders={name: holder}):
                 break
+            holder = self.holders([name])[name]
+            if self._looks_free(holder):
+                continue  # freed meanwhile, or its holder died: claim at once
             if not waited:
                 log.info("store %s: lease %r is held by run %s; waiting for it",
                          self.store.location, name, holder)  # fmt: skip
@@ -204,6 +238,15 @@ class Leases:
             yield
         finally:
             self.release([name])
+
+    def _commit(self, what: str, statement: str) -> list[Any]:
+        """Run one statement on ``leases`` (a commit), retried on races; its metrics rows."""
+        rows: list[Any] = committing(what, lambda: self.store.spark.sql(statement).collect())
+        return rows
+
+    def _looks_free(self, holder: str | None) -> bool:
+        """Whether a lease with this live holder (``None``: none) may be claimed."""
+        return holder in (None, self.owner) or died_here(holder or "")
 
     # ---- the heartbeat ----------------------------------------------------------------------------
 
@@ -220,7 +263,7 @@ class Leases:
             f"make_interval(0, 0, 0, 0, 0, 0, {self.ttl}) WHERE holder = '{self.owner}' AND "
             f"name IN ({_names(names)}) AND expires_at >= current_timestamp()"
         )
-        metrics = committing("renewing leases", lambda: self.store.spark.sql(statement).collect())
+        metrics = self._commit("renewing leases", statement)
         if _rows_written(metrics) == len(names):  # every one extended
             kept = set(names)
         else:

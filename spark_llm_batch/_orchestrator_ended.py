@@ -191,8 +191,7 @@ class EndedPhase:
         staged = self._restage(frame)
         if not staged.chunks:
             return []
-        fresh: dict[str, str | None] = dict.fromkeys([c.key for c in staged.chunks])  # new: unheld
-        self.leases.claim(list(fresh), holders=fresh)
+        self.leases.claim_new([c.key for c in staged.chunks])  # keys made just now: unheld
         return self.store.record_staged(
             staged, provider=self.provider.name, endpoint=self.endpoint, job=self.job
         )
@@ -206,9 +205,7 @@ class EndedPhase:
             return False
         new_key = uuid.uuid4().hex
         self.store.copy_chunk(record.key, new_key)
-        self.leases.claim(
-            [new_key], holders={new_key: None}
-        )  # before the row that makes it a batch
+        self.leases.claim_new([new_key])  # before the row that makes it a batch
         fresh = BatchRecord(
             key=new_key, seq=0, state=Phase.UPLOADED, provider=record.provider, model=record.model,
             endpoint=record.endpoint, attempt=record.attempt, uri=new_key, requests=record.requests,

@@ -28,6 +28,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 from spark_llm_batch import _columns as C
@@ -38,12 +39,14 @@ from spark_llm_batch._store_commit import committing
 from spark_llm_batch._store_tables import (
     BATCH_COLUMNS,
     CHUNK_COLUMNS,
+    MIGRATION_COLUMNS,
     MIGRATIONS,
     RETIRED_MIGRATIONS,
     TABLES,
     BatchRecord,
     Phase,
     ddl,
+    fresh_tables,
 )
 from spark_llm_batch.errors import ConfigError, StoreError
 from spark_llm_batch.providers.base import ChunkRef
@@ -126,18 +129,22 @@ class Store:
 
     def applied_migrations(self) -> list[str]:
         """Names of the migrations recorded in ``_migrations``, in order."""
+        # Ordered here, not by Spark: a handful of rows, and ORDER BY costs a sort's jobs.
         rows = self.spark.sql(
-            f"SELECT name FROM {self.table_ref('_migrations')} ORDER BY ordinal"
+            f"SELECT name, ordinal FROM {self.table_ref('_migrations')}"
         ).collect()
-        return [row[0] for row in rows]
+        return [row[0] for row in sorted(rows, key=lambda row: (row[1], row[0]))]
 
     def _migrate(self) -> None:
+        """Bring the store to :data:`MIGRATIONS`: one read of ``_migrations`` when it is current;
+        a fresh store is created in one step (:meth:`_create_fresh`)."""
         refs = {name: self.table_ref(name) for name in TABLES}
-        self.spark.sql(
-            f"CREATE TABLE IF NOT EXISTS {refs['_migrations']} "
-            "(`name` STRING, `ordinal` INT, `applied_at` TIMESTAMP) USING DELTA"
-        )
-        applied = self.applied_migrations()
+        fresh = False
+        try:
+            applied = self.applied_migrations()
+        except Exception:  # no store here yet, most likely (Spark raises several types)
+            created = self._create_fresh(refs)
+            fresh, applied = created is None, created or []
         known = [m.name for m in MIGRATIONS]
         unknown = [n for n in applied if n not in known and n not in RETIRED_MIGRATIONS]
         if unknown:
@@ -148,19 +155,55 @@ class Store:
         todo = [(i, m) for i, m in enumerate(MIGRATIONS) if m.name not in applied]
         for _, migration in todo:
             log.info("store %s: applying migration %s", self.location, migration.name)
-            if migration.sql:
+            if migration.sql and not fresh:  # a fresh store's tables have their final shape
                 self.spark.sql(migration.sql.format(**refs))
-            if migration.add_columns:
+            if migration.add_columns:  # checked even then: another opener may have made the table
                 self._add_columns(refs[migration.table], migration.table, migration.add_columns)
         if todo:
             # One commit records them all: the statements are idempotent, so a crash before this
             # commit only means they run again.
             now = dt.datetime.now(dt.timezone.utc)
             rows = [(m.name, i, now) for i, m in todo]
-            frame = self.spark.createDataFrame(
-                rows, "name STRING, ordinal INT, applied_at TIMESTAMP"
-            )
-            self._append("_migrations", frame)
+            frame = self.spark.createDataFrame(rows, ddl(MIGRATION_COLUMNS))
+            self._append("_migrations", frame.coalesce(1))
+
+    def _create_fresh(self, refs: dict[str, str]) -> list[str] | None:
+        """Create every table at once (concurrent statements), each in the shape all of
+        :data:`MIGRATIONS` give it (:func:`fresh_tables`); ``None`` when this run created
+        ``_migrations`` (so none is recorded yet), else what ``_migrations`` lists (another
+        opener created it first, or it was there but the first read failed: read again, and
+        its error is raised if it fails again; if it is not there yet, another opener is
+        creating it right now, and the "already exists" is raised: a race, tried again).
+
+        A crash halfway leaves some tables; the next open finds ``_migrations`` empty, or
+        missing, and runs the migrations, which are idempotent.
+        """
+        plain = f"CREATE TABLE {refs['_migrations']} ({ddl(MIGRATION_COLUMNS)}) USING DELTA"
+        statements = [plain, *(sql.format(**refs) for sql in fresh_tables().values())]
+
+        def run(statement: str) -> Exception | None:
+            try:
+                self.spark.sql(statement)
+            except Exception as exc:  # every statement finishes before any error is raised
+                return exc
+            return None
+
+        with ThreadPoolExecutor(len(statements)) as pool:
+            first, *others = pool.map(run, statements)
+        if first is not None:
+            if "ALREADY_EXISTS" not in str(first):
+                raise first
+            try:
+                return self.applied_migrations()
+            except Exception as exc:
+                if "NOT_FOUND" in str(exc) or "DOES_NOT_EXIST" in str(exc):
+                    # Another opener is creating it this moment: a race, tried again.
+                    raise first from None
+                raise
+        for failed in others:
+            if failed is not None:
+                raise failed  # a race with another opener is retried (``committing``)
+        return None
 
     def _add_columns(self, ref: str, name: str, columns: tuple[tuple[str, str], ...]) -> None:
         """Add the ``columns`` table ``name`` lacks. Two runs opening a fresh store race here:
@@ -207,7 +250,10 @@ class Store:
         if not rows:
             return
         schema = ", ".join(f"`{name}` {kind}" for name, kind in BATCH_COLUMNS)
-        self._append("batches", self.spark.createDataFrame(rows, schema))
+        # One file per commit: a few rows from the driver would otherwise be spread over
+        # ``spark.default.parallelism`` tasks and files, which every later read of the event
+        # log opens again.
+        self._append("batches", self.spark.createDataFrame(rows, schema).coalesce(1))
         for record in records if isinstance(records, list) else []:
             log.debug("batch %s committed %s (seq %d)", record.key, record.state.value, record.seq)
 
@@ -348,8 +394,9 @@ class Store:
         reading them), of the other collected and abandoned batches, and rows no batch names that
         were staged more than ``older_than`` seconds ago (a crash between packing's write and the
         batch commit; younger ones may belong to a run staging right now). Only the partitions
-        outside ``done`` are read, to find those. Each dropped key is a whole partition, so the
-        one DELETE rewrites no file. Best effort: a failure only logs.
+        outside ``done`` are read, to find those, and the batches' states only when there are
+        some. Each dropped key is a whole partition, so the one DELETE rewrites no file. (Lapsed
+        leases are forgotten by lease releases.) Best effort: a failure only logs.
         """
         from pyspark.sql import functions as F
 
@@ -357,19 +404,18 @@ class Store:
             others = self.table("chunks")
             if done:
                 others = others.where(~F.col("batch_key").isin(list(done)))  # partitions pruned
-            present = others.groupBy("batch_key").agg(F.min("staged_at").alias("staged_at"))
-            states = self.current_batches_df().select(F.col("key").alias("batch_key"), "state")
             cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than)
-            found = present.join(states, "batch_key", "left").where(
-                F.col("state").isin(_TERMINAL)
-                | (F.col("state").isNull() & (F.col("staged_at") < F.lit(cutoff)))
-            )
-            keys = [*done, *(row[0] for row in found.select("batch_key").collect())]
+            old = (F.min("staged_at") < F.lit(cutoff)).alias("old")
+            staged = {row[0]: row[1] for row in others.groupBy("batch_key").agg(old).collect()}
+            found: list[str] = []
+            if staged:  # one row per partition
+                states = self.current_batches_df().where(F.col("key").isin(list(staged)))
+                state: dict[str, str] = dict(states.select("key", "state").collect())
+                found = [key for key, aged in staged.items()
+                         if state.get(key) in _TERMINAL or (key not in state and aged)]  # fmt: skip
+            keys = [*done, *found]
             if keys:
                 self._delete("chunks", f"batch_key IN ({_sql_strings(keys)})")
-                # Leases of finished batches (and old staging ones) expired long ago.
-                stamp = cutoff.strftime("%Y-%m-%d %H:%M:%S")
-                self._delete("leases", f"expires_at < TIMESTAMP '{stamp}+00:00'")
                 log.info(
                     "store %s: dropped the staged lines of %d batch(es)", self.location, len(keys)
                 )

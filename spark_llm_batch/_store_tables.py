@@ -2,7 +2,9 @@
 
 Tables (Delta; under the store path, or in the store's catalog schema):
 
-- ``_migrations(name, ordinal, applied_at)``: which migrations of :data:`MIGRATIONS` ran.
+- ``_migrations(name, ordinal, applied_at)``: which migrations of :data:`MIGRATIONS` ran. A fresh
+  store gets every table in its final shape at once (:func:`fresh_tables`), all migrations
+  recorded as applied.
 - ``batches``: an append-only event log, one row per transition of a batch. The current state of a
   batch is its row with the highest ``seq``. Columns: see :data:`BATCH_COLUMNS`.
 - ``chunks``: the staged request lines, one row per request of every batch not yet collected (which
@@ -35,7 +37,9 @@ __all__ = [
     "BATCH_COLUMNS",
     "CHUNK_COLUMNS",
     "FORMAT_VERSION",
+    "LEASE_COLUMNS",
     "MIGRATIONS",
+    "MIGRATION_COLUMNS",
     "RESULT_COLUMNS",
     "RESULT_FIELDS",
     "RETIRED_MIGRATIONS",
@@ -44,6 +48,7 @@ __all__ = [
     "Migration",
     "Phase",
     "ddl",
+    "fresh_tables",
 ]
 
 FORMAT_VERSION = 1
@@ -153,6 +158,12 @@ RESULT_COLUMNS = (
     ("format_version", "INT"),
 )
 
+LEASE_COLUMNS = (("name", "STRING"), ("holder", "STRING"), ("expires_at", "TIMESTAMP"))
+"""The ``leases`` table (``spark_llm_batch._leases``)."""
+
+MIGRATION_COLUMNS = (("name", "STRING"), ("ordinal", "INT"), ("applied_at", "TIMESTAMP"))
+"""The ``_migrations`` table: which migrations of :data:`MIGRATIONS` ran."""
+
 
 def ddl(columns: tuple[tuple[str, str], ...]) -> str:
     """A column list for CREATE TABLE."""
@@ -203,11 +214,34 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         "0007_create_leases",
-        "CREATE TABLE IF NOT EXISTS {leases} "
-        "(`name` STRING, `holder` STRING, `expires_at` TIMESTAMP) USING DELTA",
+        f"CREATE TABLE IF NOT EXISTS {{leases}} ({ddl(LEASE_COLUMNS)}) USING DELTA",
     ),
     Migration("0008_batch_job_and_tokens", table="batches", add_columns=BATCH_ADDED_0008),
 )
+
+_FRESH_LAYOUT = {
+    "batches": (BATCH_COLUMNS, ""),
+    "results": (RESULT_COLUMNS, ""),
+    "chunks": (CHUNK_COLUMNS, "batch_key"),
+    "downloads": (DOWNLOAD_COLUMNS, "collection"),
+    "leases": (LEASE_COLUMNS, ""),
+}
+
+
+def fresh_tables() -> dict[str, str]:
+    """Per data table, the ``CREATE TABLE IF NOT EXISTS`` statement (``{name}`` placeholders for
+    table references, as in :data:`MIGRATIONS`) that gives it the shape every migration of
+    :data:`MIGRATIONS` together gives it: what a fresh store is created with, in one step each.
+
+    Example:
+        >>> fresh_tables()["leases"]
+        'CREATE TABLE IF NOT EXISTS {leases} (`name` STRING, `holder` STRING, `expires_at` TIMESTAMP) USING DELTA'
+    """
+    statements = {}
+    for name, (columns, partition) in _FRESH_LAYOUT.items():
+        by = f" PARTITIONED BY (`{partition}`)" if partition else ""
+        statements[name] = f"CREATE TABLE IF NOT EXISTS {{{name}}} ({ddl(columns)}) USING DELTA{by}"
+    return statements
 
 
 @dataclass(frozen=True)

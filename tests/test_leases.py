@@ -140,3 +140,28 @@ def test_a_run_that_died_on_this_machine_loses_its_leases_at_once(store: Store) 
     assert alive.claim(["c"]) == {"c"}
     heir = Leases(store, ttl=600.0)
     assert heir.claim(["b", "c"]) == {"b"}  # long before b's 600 s are up; c's holder lives
+
+
+def test_a_new_key_is_claimed_by_one_append_and_a_release_forgets_it_and_old_lapsed_leases(
+    spark: SparkSession, store: Store
+) -> None:
+    from spark_llm_batch._leases import FORGET_AFTER_SECONDS
+
+    mine, other = Leases(store, ttl=60.0), Leases(store, ttl=60.0)
+    before = len(store.spark.sql(f"DESCRIBE HISTORY {store.table_ref('leases')}").collect())
+    mine.claim_new(["fresh1", "fresh2"])
+    history = store.spark.sql(f"DESCRIBE HISTORY {store.table_ref('leases')}").collect()
+    assert len(history) == before + 1  # one commit:
+    assert history[0]["operation"] == "WRITE"  # a blind append, no MERGE
+    assert mine.held == {"fresh1", "fresh2"}
+    assert other.claim(["fresh1"]) == set()  # held like any claimed lease
+    # A lease that lapsed long ago (a run that died elsewhere), and one that lapsed just now.
+    spark.sql(
+        f"INSERT INTO {store.table_ref('leases')} VALUES "
+        f"('ancient', 'gone', current_timestamp() - make_interval(0, 0, 0, 0, 0, 0, "
+        f"{FORGET_AFTER_SECONDS + 60})), ('recent', 'gone', current_timestamp())"
+    )
+    mine.release(["fresh1"])
+    left = {row[0] for row in store.table("leases").select("name").collect()}
+    assert left == {"fresh2", "recent"}  # released and ancient rows deleted; the rest kept
+    assert other.claim(["fresh1"]) == {"fresh1"}

@@ -279,3 +279,29 @@ def test_a_run_that_loses_the_race_to_add_columns_finds_them_added(
     monkeypatch.setattr(store, "table", lambda name: real(name).drop("job"))
     with pytest.raises(Exception, match=r"FIELD_ALREADY_EXISTS"):
         store._add_columns(ref, "batches", BATCH_ADDED_0008)  # still missing after: raised
+
+
+def test_a_fresh_store_is_created_in_the_shape_its_migrations_give(
+    spark: SparkSession, store: Store, tmp_path: Path
+) -> None:
+    """A fresh store's tables are made at once in their final shape; a store whose
+    ``_migrations`` exists but is empty (a crash before the first record) runs every migration
+    instead. Both must agree, column by column and in their partitioning."""
+    from spark_llm_batch._store_tables import MIGRATION_COLUMNS, TABLES, ddl
+
+    location = str(tmp_path / "migrated")
+    spark.createDataFrame([], ddl(MIGRATION_COLUMNS)).write.format("delta").save(
+        f"{location}/_migrations"
+    )
+    migrated = Store.open(spark, location)
+    assert (
+        migrated.applied_migrations() == store.applied_migrations() == [m.name for m in MIGRATIONS]
+    )
+
+    def shape(opened: Store, name: str) -> tuple[list[tuple[str, str]], list[str]]:
+        detail = spark.sql(f"DESCRIBE DETAIL {opened.table_ref(name)}").collect()[0]
+        fields = [(f.name, f.dataType.simpleString()) for f in opened.table(name).schema]
+        return fields, list(detail["partitionColumns"])
+
+    for name in TABLES:
+        assert shape(store, name) == shape(migrated, name), name
