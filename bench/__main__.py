@@ -18,6 +18,8 @@ from pathlib import Path
 BENCHMARKS = {
     "control_plane": ("bench.control_plane_bench", "Control-plane calls"),
     "emulator": ("bench.emulator_bench", "Emulator"),
+    "fixed": ("bench.fixed_cost_bench", "Fixed cost"),
+    "floor": ("bench.design_floor_bench", "Pipeline: design floor"),
     "pipeline": ("bench.pipeline_bench", "Pipeline"),
     "reconcile": ("bench.reconcile_bench", "Crash reconciliation"),
     "scale": ("bench.scale_bench", "Scale"),
@@ -41,13 +43,14 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--rows",
         type=int,
         default=None,
-        help="pipeline: input rows (1,000,000); scale: (10,000,000)",
+        help="pipeline, floor: input rows (1,000,000); scale: (10,000,000); fixed: (10,000)",
     )
     parser.add_argument(
         "--repeats",
         type=int,
         default=None,
-        help="pipeline: timed pairs (2); reconcile: rounds (3)",
+        help="pipeline: timed pairs (2); floor: runs of each step (2); fixed: runs of each kind "
+        "(3); reconcile: rounds (3)",
     )
     parser.add_argument(
         "--memory-rows", default=None, help="pipeline: further sizes, comma-separated (100000)"
@@ -61,7 +64,7 @@ def _options(name: str, args: argparse.Namespace) -> tuple[dict[str, object], st
     flags = ""
     if name == "reconcile" and args.repeats is not None:
         return {"repeats": args.repeats}, f" --repeats {args.repeats}"
-    if name not in ("pipeline", "scale"):
+    if name not in ("pipeline", "scale", "fixed", "floor"):
         return {}, ""
     if args.rows is not None:
         options["rows"] = args.rows

@@ -36,24 +36,29 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench._proc import cpu_seconds, java_pid, vm_hwm_mb
+from bench.harness import (
+    INPUT_PARTITIONS,
+    MASTER,
+    MODEL,
+    SPARK_CONF,
+    check_ledger,
+    check_output,
+    clear_ledger,
+    load_average,
+    machine_line,
+    settings_line,
+    start_emulator,
+    worker_parser,
+    write_input,
+)
 from bench.provider_floor import provider_floor
 
 __all__ = ["run"]
 
-_SPARK_CONF = {
-    "spark.ui.enabled": "false",
-    "spark.driver.memory": "6g",
-    "spark.sql.shuffle.partitions": "8",
-    "spark.default.parallelism": "8",
-}
-_MASTER = "local[2]"
-_INPUT_PARTITIONS = 8
-_MODEL = "gpt-4o-mini"
 _WARM_ROWS = 50_000
 _PHASES = (  # (log message prefix, phase that ends there)
     ("staged ", "encode + stage"),
@@ -78,36 +83,6 @@ class _PhaseClock(logging.Handler):
                 self.marks[phase] = time.perf_counter()
 
 
-def _write_input(
-    spark: Any,
-    path: str,
-    rows: int,
-    first_id: int = 0,
-    *,
-    partitions: int = _INPUT_PARTITIONS,
-    mode: str = "overwrite",
-) -> None:
-    """``rows`` distinct prompts of ~300 characters, each starting with its row id (from
-    ``first_id``), written as ``partitions`` files."""
-    from pyspark.sql import functions as F
-
-    idx = F.col("id").cast("string")
-    prompt = F.concat(
-        F.lit("Row "),
-        idx,
-        F.lit(": summarise the following record in one short sentence, keeping its key terms. "),
-        F.sha2(idx, 256),
-        F.lit(" "),
-        F.sha2(F.concat(idx, F.lit("/b")), 256),
-        F.lit(" "),
-        F.sha2(F.concat(idx, F.lit("/c")), 224),
-    )
-    frame = spark.range(first_id, first_id + rows, 1, partitions).select(
-        "id", prompt.alias("prompt")
-    )
-    frame.write.format("delta").mode(mode).save(path)
-
-
 def _plain(spark: Any, source: str, target: str) -> float:
     start = time.perf_counter()
     spark.read.format("delta").load(source).write.format("delta").mode("overwrite").save(target)
@@ -123,7 +98,7 @@ def _ours(
     start = time.perf_counter()
     df = spark.read.format("delta").load(source)
     spark_llm_batch.llm_batch(
-        df, "prompt", model=_MODEL, store=store, output=output, transport=transport
+        df, "prompt", model=MODEL, store=store, output=output, transport=transport
     )
     total = time.perf_counter() - start
     phases, previous = {}, start
@@ -135,21 +110,6 @@ def _ours(
     return {"total": total, "phases": phases}
 
 
-def _check(spark: Any, source: str, output: str) -> None:
-    """One output row per input row, each succeeded with the answer to its own prompt."""
-    from pyspark.sql import functions as F
-
-    out = spark.read.format("delta").load(output)
-    rows, expected = out.count(), spark.read.format("delta").load(source).count()
-    own = F.col("llm.text").contains(
-        F.concat(F.lit("Row "), F.col("id").cast("string"), F.lit(":"))
-    )
-    bad = out.where((F.col("llm.status") != "succeeded") | ~own).count()
-    distinct = out.select("id").distinct().count()
-    if rows != expected or bad or distinct != expected:
-        raise SystemExit(f"wrong output: {rows} rows ({distinct} ids) for {expected}, {bad} bad")
-
-
 def _warm_up(spark: Any, work: Path, rows: int, base_url: str, transports: list[str]) -> None:
     """Untimed: one plain copy and one ``llm_batch`` per transport of a small table of other
     prompts, so that no timed job pays for the JVM's first use of its code (class loading, JIT:
@@ -158,17 +118,17 @@ def _warm_up(spark: Any, work: Path, rows: int, base_url: str, transports: list[
     import spark_llm_batch
 
     source = str(work / "warm_input")
-    _write_input(spark, source, min(rows, _WARM_ROWS), first_id=rows)
+    write_input(spark, source, min(rows, _WARM_ROWS), first_id=rows)
     _plain(spark, source, str(work / "warm_plain"))
     df = spark.read.format("delta").load(source)
     for transport in transports:
         store, output = str(work / f"warm_store_{transport}"), str(work / f"warm_out_{transport}")
         spark_llm_batch.llm_batch(
-            df, "prompt", model=_MODEL, store=store, output=output, transport=transport
+            df, "prompt", model=MODEL, store=store, output=output, transport=transport
         )
         shutil.rmtree(store, ignore_errors=True)
         shutil.rmtree(output, ignore_errors=True)
-    _clear_ledger(base_url)
+    clear_ledger(base_url)
     for name in ("warm_input", "warm_plain"):
         shutil.rmtree(work / name, ignore_errors=True)
 
@@ -187,10 +147,10 @@ def worker(args: argparse.Namespace) -> None:
     os.environ["OPENAI_API_KEY"] = "sk-bench-emulator"
     os.environ["OPENAI_BASE_URL"] = args.base_url
     work = Path(args.work)
-    spark = spark_llm_batch.local_session("spark-llm-batch-bench", master=_MASTER, conf=_SPARK_CONF)
+    spark = spark_llm_batch.local_session("spark-llm-batch-bench", master=MASTER, conf=SPARK_CONF)
     spark.sparkContext.setLogLevel("ERROR")
     source = str(work / "input")
-    _write_input(spark, source, args.rows)
+    write_input(spark, source, args.rows)
     transports = args.transports.split(",")
     _warm_up(spark, work, args.rows, args.base_url, transports)
     plain: list[float] = []
@@ -211,7 +171,7 @@ def worker(args: argparse.Namespace) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-            _check(spark, source, output)
+            check_output(spark, source, output)
             shutil.rmtree(work / f"store_{transport}_{i}", ignore_errors=True)
             shutil.rmtree(work / f"out_{transport}_{i}", ignore_errors=True)
         shutil.rmtree(work / f"plain_{i}", ignore_errors=True)
@@ -219,11 +179,11 @@ def worker(args: argparse.Namespace) -> None:
     # Peaks first: the ledger check and the floor below hold far more in this process than
     # llm_batch's driver does.
     driver_peak, jvm_peak = vm_hwm_mb(), vm_hwm_mb(java) if java else float("nan")
-    _check_ledger(args.base_url, args.rows, args.repeats * len(transports))
+    check_ledger(args.base_url, args.rows, args.repeats * len(transports))
     floor = None
     if args.floor:
-        floor = provider_floor(spark, source, work, _MODEL)
-        _clear_ledger(args.base_url)
+        floor = provider_floor(spark, source, work, MODEL)
+        clear_ledger(args.base_url)
     result = {
         "rows": args.rows,
         "plain": plain,
@@ -247,48 +207,7 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
-def _check_ledger(base_url: str, rows: int, repeats: int) -> None:
-    """Every request of the timed runs billed once per run (then the ledger is cleared)."""
-    billed = _ledger_counts(base_url)
-    if len(billed) != rows or set(billed.values()) != {repeats}:
-        raise SystemExit(
-            f"ledger: {len(billed)} distinct requests billed, counts {set(billed.values())}; "
-            f"expected {rows} billed {repeats} time(s) each"
-        )
-
-
 # ---- parent ---------------------------------------------------------------------------------------
-
-
-def start_emulator(*options: str) -> tuple[subprocess.Popen[str], str]:
-    """The emulator in its own process (``processing_seconds=0``, any further CLI ``options``)
-    and its base URL."""
-    command = [sys.executable, "-m", "spark_llm_batch.emulator", "--host", "127.0.0.1"]
-    command += ["--port", "0", "--processing-seconds", "0", *options]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("OPENAI_BASE_URL="):
-            return proc, line.strip().split("=", 1)[1]
-    raise RuntimeError("the emulator did not print its base URL")
-
-
-def _ledger_counts(base_url: str) -> dict[str, int]:
-    """custom_id -> times billed, from the emulator's ledger (then cleared)."""
-    root = base_url.removesuffix("/v1")
-    with urllib.request.urlopen(f"{root}/_emulator/ledger", timeout=600) as response:
-        entries = json.load(response)["data"]
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry["custom_id"]] = counts.get(entry["custom_id"], 0) + 1
-    _clear_ledger(base_url)
-    return counts
-
-
-def _clear_ledger(base_url: str) -> None:
-    root = base_url.removesuffix("/v1")
-    request = urllib.request.Request(f"{root}/_emulator/ledger", method="DELETE")
-    urllib.request.urlopen(request, timeout=60).close()
 
 
 def _measure(
@@ -302,16 +221,11 @@ def _measure(
     return result
 
 
-def _load() -> str:
-    with open("/proc/loadavg", encoding="ascii") as fh:
-        return " ".join(fh.read().split()[:3])
-
-
 def run(rows: int = 1_000_000, repeats: int = 2, memory_rows: tuple[int, ...] = (100_000,)) -> str:
     """Measure every size (a fresh worker each); return the Markdown section body."""
     emulator, base_url = start_emulator()
     results: dict[int, dict[str, Any]] = {}
-    loads = [_load()]
+    loads = [load_average()]
     try:
         for size in sorted({*memory_rows, rows}):
             with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
@@ -319,7 +233,7 @@ def run(rows: int = 1_000_000, repeats: int = 2, memory_rows: tuple[int, ...] = 
                 results[size] = _measure(
                     size, count, base_url, Path(tmp), emulator.pid, floor=size == rows
                 )
-            loads.append(_load())
+            loads.append(load_average())
     finally:
         emulator.terminate()
         emulator.wait(timeout=30)
@@ -331,7 +245,7 @@ def _report(rows: int, repeats: int, results: dict[int, dict[str, Any]], loads: 
     plain = statistics.median(main["plain"])
     lines = [
         f"{rows:,} distinct prompts of ~300 characters ({main['input_mb']:.0f} MB input as Delta/Parquet, "
-        f"{_INPUT_PARTITIONS} files) through `llm_batch` against the emulator in a separate process "
+        f"{INPUT_PARTITIONS} files) through `llm_batch` against the emulator in a separate process "
         "(`processing_seconds=0`, OpenAI limits 50,000 requests / 200 MB per batch → "
         f"{-(-rows // 50_000)} batches, default poll policy), input Delta table → output Delta table, "
         "with each transport; vs the plain Spark job reading the same input and writing it as a "
@@ -383,25 +297,19 @@ def _report(rows: int, repeats: int, results: dict[int, dict[str, Any]], loads: 
         ]
     lines += [
         "",
-        f"Settings: `{_MASTER}`, "
-        + ", ".join(f"`{k}={v}`" for k, v in _SPARK_CONF.items())
-        + ". Each size runs in a fresh worker process; peak RSS is `VmHWM` from `/proc` read at "
+        settings_line(MASTER, SPARK_CONF)
+        + " Each size runs in a fresh worker process; peak RSS is `VmHWM` from `/proc` read at "
         "its end (the Python driver: the worker process itself; the JVM runs the executors too "
         "in local mode). Every run is checked: one output row per input row, all `succeeded`, each "
         "answer echoing its own prompt, and the emulator's ledger bills each request once per run.",
-        f"Machine: {os.cpu_count()} cores, shared (load average before/after each size: "
-        f"{' → '.join(loads)}).",
+        machine_line(loads),
     ]
     return "\n".join(lines)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipeline_bench")
-    parser.add_argument("mode", choices=["worker"])
-    parser.add_argument("--rows", type=int, required=True)
+    parser = worker_parser("python -m bench.pipeline_bench")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--work", required=True)
     parser.add_argument("--emulator-pid", type=int, required=True)
     parser.add_argument("--floor", action="store_true")
     parser.add_argument("--transports", default="executors,driver")

@@ -3,13 +3,14 @@
 No client can go below it on this machine: the same request lines ``llm_batch`` sends (built with
 the library's encoder, written as one JSONL file per 50,000 requests, not timed) are uploaded with
 the OpenAI SDK, one batch is created per file, the batches are polled every 50 ms, and each output
-file is downloaded (streamed and discarded) as soon as its batch has completed. No Spark job runs
-while it is timed: the time is the provider's work (validating, answering, writing result files)
-plus the transfers, on the same 2 cores as the pipeline.
+file is downloaded (streamed and discarded, or kept on disk when asked) as soon as its batch has
+completed. No Spark job runs while it is timed: the time is the provider's work (validating,
+answering, writing result files) plus the transfers, on the same 2 cores as the pipeline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -39,10 +40,14 @@ def _write_request_files(spark: Any, source: str, target: Path, model: str) -> l
     return sorted((target / "requests").glob("part-*.txt"))
 
 
-def provider_floor(spark: Any, source: str, work: Path, model: str) -> dict[str, float]:
+def provider_floor(
+    spark: Any, source: str, work: Path, model: str, keep: Path | None = None
+) -> dict[str, float]:
     """Seconds from the first upload to the last downloaded byte; the number of files and bytes.
 
-    ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` must point at the emulator.
+    ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` must point at the emulator. With ``keep``, each
+    output file is written there as ``<batch id>.jsonl`` (inside the timed span) instead of being
+    discarded.
     """
     import openai
 
@@ -58,6 +63,8 @@ def provider_floor(spark: Any, source: str, work: Path, model: str) -> dict[str,
         )
         waiting[batch.id] = path.name
     downloaded = 0
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
     while waiting:
         for batch_id in list(waiting):
             batch = client.batches.retrieve(batch_id)
@@ -66,9 +73,15 @@ def provider_floor(spark: Any, source: str, work: Path, model: str) -> dict[str,
             if batch.status != "completed":
                 continue
             del waiting[batch_id]
-            with client.files.with_streaming_response.content(batch.output_file_id) as response:
+            sink = (keep / f"{batch_id}.jsonl").open("wb") if keep is not None else None
+            with (
+                client.files.with_streaming_response.content(batch.output_file_id) as response,
+                sink or contextlib.nullcontext() as out,
+            ):
                 for block in response.iter_bytes(1 << 20):
                     downloaded += len(block)
+                    if out is not None:
+                        out.write(block)
         if waiting:
             time.sleep(_POLL_SECONDS)
     seconds = time.perf_counter() - start

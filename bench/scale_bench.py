@@ -33,18 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from bench._proc import java_pid, vm_hwm_mb
-from bench.pipeline_bench import (
-    _check,
-    _clear_ledger,
-    _ledger_counts,
-    _load,
-    _write_input,
+from bench.harness import (
+    MODEL,
+    check_output,
+    clear_ledger,
+    ledger_counts,
+    load_average,
     start_emulator,
+    worker_parser,
+    write_input,
 )
 
 __all__ = ["run"]
 
-_MODEL = "gpt-4o-mini"
 _PARTITIONINGS = (2, 400)
 
 
@@ -83,24 +84,24 @@ def worker(args: argparse.Namespace) -> None:
         f"CREATE TABLE delta.`{source}` (id BIGINT, prompt STRING) USING DELTA "
         "TBLPROPERTIES (delta.enableChangeDataFeed = true)"
     )
-    _write_input(spark, source, args.rows, partitions=args.partitions, mode="append")
-    options = {"model": _MODEL, "store": str(work / "store"), "output": output}
+    write_input(spark, source, args.rows, partitions=args.partitions, mode="append")
+    options = {"model": MODEL, "store": str(work / "store"), "output": output}
 
     def call(**extra: Any) -> None:
         spark_llm_batch.llm_batch_table(spark, source, "prompt", **options, **extra)
 
     first = _timed(java, call)
-    _check(spark, source, output)
+    check_output(spark, source, output)
     growth = max(1, args.rows // 100)
-    _write_input(spark, source, growth, first_id=args.rows, partitions=2, mode="append")
+    write_input(spark, source, growth, first_id=args.rows, partitions=2, mode="append")
     daily = _timed(java, call)
-    _check(spark, source, output)
+    check_output(spark, source, output)
     # The baseline grows by as much again, so that it too sends its new rows.
-    _write_input(spark, source, growth, first_id=args.rows + growth, partitions=2, mode="append")
+    write_input(spark, source, growth, first_id=args.rows + growth, partitions=2, mode="append")
     whole = _timed(java, lambda: call(incremental=False))
-    _check(spark, source, output)
+    check_output(spark, source, output)
     driver_peak, jvm_peak = vm_hwm_mb(), vm_hwm_mb(java) if java else float("nan")
-    billed = _ledger_counts(args.base_url)
+    billed = ledger_counts(args.base_url)
     if len(billed) != args.rows + 2 * growth or set(billed.values()) != {1}:
         raise SystemExit(f"ledger: {len(billed)} requests billed, counts {set(billed.values())}")
     spark.stop()
@@ -113,16 +114,16 @@ def run(rows: int = 10_000_000) -> str:
     """Both partitionings, each in a fresh worker; return the Markdown section body."""
     emulator, base_url = start_emulator()
     results: dict[int, dict[str, Any]] = {}
-    loads = [_load()]
+    loads = [load_average()]
     try:
         for partitions in _PARTITIONINGS:
-            _clear_ledger(base_url)
+            clear_ledger(base_url)
             with tempfile.TemporaryDirectory(prefix="llm-scale-") as tmp:
                 command = [sys.executable, "-m", "bench.scale_bench", "worker", "--rows", str(rows)]
                 command += ["--partitions", str(partitions), "--base-url", base_url, "--work", tmp]
                 done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
                 results[partitions] = json.loads(done.stdout.strip().splitlines()[-1])
-            loads.append(_load())
+            loads.append(load_average())
     finally:
         emulator.terminate()
         emulator.wait(timeout=30)
@@ -166,12 +167,8 @@ def _report(rows: int, results: dict[int, dict[str, Any]], loads: list[str]) -> 
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale_bench")
-    parser.add_argument("mode", choices=["worker"])
-    parser.add_argument("--rows", type=int, required=True)
+    parser = worker_parser("python -m bench.scale_bench")
     parser.add_argument("--partitions", type=int, required=True)
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--work", required=True)
     return parser.parse_args(argv)
 
 
