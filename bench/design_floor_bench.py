@@ -3,7 +3,7 @@
 Run it through :func:`run` (a Markdown body, as every benchmark module gives ``python -m bench``);
 it sets the pipeline benchmark's numbers against what the design itself costs.
 
-The design (``/work/shared/architecture.md``) stages every request line durably in a Delta table
+The design (README, "How it works") stages every request line durably in a Delta table
 before anything is sent, keeps every answer in a Delta results table, and joins the answers back to
 the input by request hash. This benchmark builds those steps from raw Spark/Delta operations, with
 none of the library's orchestration (no store, leases, batch log, retries or checks), and times
@@ -36,7 +36,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,16 +52,16 @@ from bench.harness import (
     clear_ledger,
     load_average,
     machine_line,
+    run_worker,
     start_emulator,
     worker_parser,
     write_input,
 )
-from bench.provider_floor import provider_floor
+from bench.provider_floor import REQUESTS_PER_FILE, provider_floor, request_encoder
 
 __all__ = ["run", "worker"]
 
 _WARM_ROWS = 50_000
-_PER_BATCH = 50_000  # OpenAI's request limit per batch, as the pipeline packs
 _STEPS = {  # step -> what it does, for the report
     "plain copy": "read the input Delta table, write it as a new Delta table",
     "stage": "hash + request line per row, batch key `pmod(xxhash64(hash), batches)`, "
@@ -92,16 +91,6 @@ _REPORTED_CONF = (
 
 
 # ---- worker ---------------------------------------------------------------------------------------
-
-
-def _encoder(spark: Any, work: Path) -> Any:
-    """The library's request encoder for ``MODEL`` (its line and hash expressions)."""
-    from spark_llm_batch import _encode
-    from spark_llm_batch.config import BatchConfig
-    from spark_llm_batch.providers import get_provider
-
-    config = BatchConfig.build({"model": MODEL, "store": str(work / "unused_store")})
-    return _encode.RequestEncoder.build(spark, get_provider(config), config)
 
 
 def _timed(step: Callable[[], Any]) -> tuple[float, Any]:
@@ -212,7 +201,7 @@ def _once(spark: Any, encoder: Any, source: str, rows: int, work: Path) -> dict[
     work.mkdir(parents=True)
     staged, results, output = (str(work / n) for n in ("staged", "results", "output"))
     downloads = work / "downloads"
-    batches = max(1, math.ceil(rows / _PER_BATCH))
+    batches = max(1, math.ceil(rows / REQUESTS_PER_FILE))
     seconds: dict[str, float] = {}
     seconds["plain copy"], _ = _timed(lambda: _plain(spark, source, str(work / "plain")))
     seconds["stage"], _ = _timed(lambda: _stage(spark, encoder, source, staged, batches))
@@ -252,7 +241,7 @@ def worker(args: argparse.Namespace) -> None:
     work = Path(args.work)
     spark = spark_llm_batch.local_session("spark-llm-batch-bench", master=MASTER, conf=SPARK_CONF)
     spark.sparkContext.setLogLevel("ERROR")
-    encoder = _encoder(spark, work)
+    encoder = request_encoder(spark, MODEL, work)
     warm = str(work / "warm_input")
     warm_rows = min(args.rows, _WARM_ROWS)
     write_input(spark, warm, warm_rows, first_id=args.rows)
@@ -292,11 +281,8 @@ def run(rows: int = 1_000_000, repeats: int = 2) -> str:
     loads = [load_average()]
     try:
         with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
-            command = [sys.executable, "-m", "bench.design_floor_bench", "worker"]
-            command += ["--rows", str(rows), "--repeats", str(repeats)]
-            command += ["--base-url", base_url, "--work", tmp]
-            done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+            args = ["--rows", str(rows), "--repeats", str(repeats), "--base-url", base_url]
+            result = run_worker("bench.design_floor_bench", *args, "--work", tmp)
         loads.append(load_average())
     finally:
         emulator.terminate()
@@ -315,7 +301,7 @@ def _report(result: dict[str, Any], repeats: int, loads: list[str]) -> str:
         f"Delta table, answers in a Delta results table, output joined back by request hash) "
         f"could take on this machine: {rows:,} distinct prompts of ~300 characters "
         f"({result['input_mb']:.0f} MB input as Delta/Parquet, {INPUT_PARTITIONS} files, "
-        f"{result['batches']} batch(es) of at most {_PER_BATCH:,} requests), each step built "
+        f"{result['batches']} batch(es) of at most {REQUESTS_PER_FILE:,} requests), each step built "
         "from raw Spark/Delta operations with no library orchestration (no store, leases, batch "
         "log, retries or checks), in one warm Spark session next to the plain copy; each step run "
         f"{repeats} time(s) after an untimed warm-up of every step on {_WARM_ROWS:,} other "

@@ -35,7 +35,6 @@ import logging
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ from bench.harness import (
     clear_ledger,
     load_average,
     machine_line,
+    run_worker,
     settings_line,
     start_emulator,
     worker_parser,
@@ -337,11 +337,11 @@ def worker(args: argparse.Namespace) -> None:
     write_input(spark, source, args.rows)
     write_input(spark, warm, args.rows, first_id=args.rows)
     warm_df = spark.read.format("delta").load(warm)
-    for i in range(1):  # untimed: the first run in a JVM loads classes and compiles code
-        spark_llm_batch.llm_batch(
-            warm_df, "prompt", model=MODEL, store=str(work / f"warm_store_{i}"),
-            output=str(work / f"warm_out_{i}"), transport="executors",
-        )  # fmt: skip
+    # Untimed: the first run in a JVM loads classes and compiles code.
+    spark_llm_batch.llm_batch(
+        warm_df, "prompt", model=MODEL, store=str(work / "warm_store"),
+        output=str(work / "warm_out"), transport="executors",
+    )  # fmt: skip
     clear_ledger(args.base_url)
     runs: dict[str, list[dict[str, Any]]] = {"fresh": [], "migrated": []}
     current: list[_Meter] = []
@@ -377,15 +377,12 @@ def measure(rows: int, repeats: int, *, verbose: bool = False) -> dict[str, Any]
     emulator, base_url = start_emulator()
     try:
         with tempfile.TemporaryDirectory(prefix="llm-fixed-") as tmp:
-            command = [sys.executable, "-m", "bench.fixed_cost_bench", "worker"]
-            command += ["--rows", str(rows), "--repeats", str(repeats)]
-            command += ["--base-url", base_url, "--work", tmp] + (["--verbose"] if verbose else [])
-            done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+            args = ["--rows", str(rows), "--repeats", str(repeats), "--base-url", base_url]
+            args += ["--work", tmp] + (["--verbose"] if verbose else [])
+            return run_worker("bench.fixed_cost_bench", *args)
     finally:
         emulator.terminate()
         emulator.wait(timeout=30)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 def run(rows: int = 10_000, repeats: int = 3) -> str:

@@ -22,6 +22,7 @@ __all__ = [
     "ledger_counts",
     "load_average",
     "machine_line",
+    "run_worker",
     "settings_line",
     "start_emulator",
     "worker_parser",
@@ -161,3 +162,12 @@ def machine_line(loads: list[str]) -> str:
         f"Machine: {os.cpu_count()} cores, shared (load average before → after: "
         f"{' → '.join(loads)})."
     )
+
+
+def run_worker(module: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m <module> worker <args>`` (its stderr passes through) and return the JSON
+    object its last line of standard output holds."""
+    command = [sys.executable, "-m", module, "worker", *args]
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

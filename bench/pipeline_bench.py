@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from bench.harness import (
     clear_ledger,
     load_average,
     machine_line,
+    run_worker,
     settings_line,
     start_emulator,
     worker_parser,
@@ -213,12 +213,9 @@ def worker(args: argparse.Namespace) -> None:
 def _measure(
     rows: int, repeats: int, base_url: str, work: Path, emulator: int, *, floor: bool
 ) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.pipeline_bench", "worker", "--rows", str(rows)]
-    command += ["--repeats", str(repeats), "--base-url", base_url, "--work", str(work)]
-    command += ["--emulator-pid", str(emulator)] + (["--floor"] if floor else [])
-    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    args = ["--rows", str(rows), "--repeats", str(repeats), "--base-url", base_url]
+    args += ["--work", str(work), "--emulator-pid", str(emulator)] + (["--floor"] if floor else [])
+    return run_worker("bench.pipeline_bench", *args)
 
 
 def run(rows: int = 1_000_000, repeats: int = 2, memory_rows: tuple[int, ...] = (100_000,)) -> str:

@@ -16,26 +16,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["provider_floor"]
+__all__ = ["REQUESTS_PER_FILE", "provider_floor", "request_encoder"]
 
-_PER_FILE = 50_000  # OpenAI's request limit per batch, as the pipeline packs
+REQUESTS_PER_FILE = 50_000
+"""OpenAI's request limit per batch, as the pipeline packs: one request file per batch."""
 _POLL_SECONDS = 0.05
+
+
+def request_encoder(spark: Any, model: str, work: Path) -> Any:
+    """The library's request encoder for ``model`` (its line and hash expressions)."""
+    from spark_llm_batch import _encode
+    from spark_llm_batch.config import BatchConfig
+    from spark_llm_batch.providers import get_provider
+
+    config = BatchConfig.build({"model": model, "store": str(work / "unused_store")})
+    return _encode.RequestEncoder.build(spark, get_provider(config), config)
 
 
 def _write_request_files(spark: Any, source: str, target: Path, model: str) -> list[Path]:
     """The pipeline's request lines for every row of ``source``, one file per batch."""
     from pyspark.sql import functions as F
 
-    from spark_llm_batch import _encode
-    from spark_llm_batch.config import BatchConfig
-    from spark_llm_batch.providers import get_provider
-
-    config = BatchConfig.build({"model": model, "store": str(target / "unused_store")})
-    encoder = _encode.RequestEncoder.build(spark, get_provider(config), config)
+    encoder = request_encoder(spark, model, target)
     df = spark.read.format("delta").load(source)
     prompt = F.col("prompt")
     lines = df.select(encoder.line_column(prompt, encoder.hash_column(prompt)).alias("value"))
-    files = max(1, math.ceil(df.count() / _PER_FILE))
+    files = max(1, math.ceil(df.count() / REQUESTS_PER_FILE))
     lines.repartition(files).write.mode("overwrite").text(str(target / "requests"))
     return sorted((target / "requests").glob("part-*.txt"))
 
@@ -73,10 +79,11 @@ def provider_floor(
             if batch.status != "completed":
                 continue
             del waiting[batch_id]
-            sink = (keep / f"{batch_id}.jsonl").open("wb") if keep is not None else None
             with (
                 client.files.with_streaming_response.content(batch.output_file_id) as response,
-                sink or contextlib.nullcontext() as out,
+                (keep / f"{batch_id}.jsonl").open("wb")
+                if keep
+                else contextlib.nullcontext() as out,
             ):
                 for block in response.iter_bytes(1 << 20):
                     downloaded += len(block)

@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from bench.harness import (
     clear_ledger,
     ledger_counts,
     load_average,
+    run_worker,
     start_emulator,
     worker_parser,
     write_input,
@@ -119,10 +119,9 @@ def run(rows: int = 10_000_000) -> str:
         for partitions in _PARTITIONINGS:
             clear_ledger(base_url)
             with tempfile.TemporaryDirectory(prefix="llm-scale-") as tmp:
-                command = [sys.executable, "-m", "bench.scale_bench", "worker", "--rows", str(rows)]
-                command += ["--partitions", str(partitions), "--base-url", base_url, "--work", tmp]
-                done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
-                results[partitions] = json.loads(done.stdout.strip().splitlines()[-1])
+                args = ["--rows", str(rows), "--partitions", str(partitions)]
+                args += ["--base-url", base_url, "--work", tmp]
+                results[partitions] = run_worker("bench.scale_bench", *args)
             loads.append(load_average())
     finally:
         emulator.terminate()

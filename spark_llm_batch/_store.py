@@ -249,7 +249,7 @@ class Store:
         rows = [record.to_row() for record in records]
         if not rows:
             return
-        schema = ", ".join(f"`{name}` {kind}" for name, kind in BATCH_COLUMNS)
+        schema = ddl(BATCH_COLUMNS)
         # One file per commit: a few rows from the driver would otherwise be spread over
         # ``spark.default.parallelism`` tasks and files, which every later read of the event
         # log opens again.
