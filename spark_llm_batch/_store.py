@@ -9,7 +9,7 @@ Public surface (used by ``api`` and the orchestrator)::
     store = Store.open(spark, "/lake/llm_store")      # creates / migrates; ConfigError if unwritable
     store.final_hashes()        -> DataFrame[__llm_hash]                answered for good
     store.inflight_hashes()     -> DataFrame[__llm_hash]                in a batch not yet collected
-    store.attempts()            -> DataFrame[__llm_hash, __llm_attempt] last attempt of non-final ones
+    store.unsent(requests)      -> requests + __llm_attempt             neither final nor in flight
     store.append_chunks(rows)   the sink packing stages chunks through (members and their lines)
     store.record_staged(staged, provider=..., endpoint=...) -> list[BatchRecord]
     store.chunk_lines(keys)     -> DataFrame[batch_key, hash, attempt, nbytes, line]  what uploads send
@@ -459,14 +459,16 @@ class Store:
     # ---- request-level views ----------------------------------------------------------------------
 
     def inflight_hashes(self, exclude_keys: Sequence[str] = ()) -> DataFrame:
-        """``__llm_hash`` of every request in a batch that is neither collected nor abandoned."""
+        """``__llm_hash`` of every request in a batch that is neither collected nor abandoned.
+
+        The batches in flight are read now, on the driver (one row per batch); the frame reads
+        only their ``chunks`` partitions, and none at all when no batch is in flight (an empty
+        frame: a join with it is optimised away)."""
         from pyspark.sql import functions as F
 
-        active = self.current_batches_df().where(~F.col("state").isin(_TERMINAL))
-        if exclude_keys:
-            active = active.where(~F.col("key").isin(list(exclude_keys)))
-        keys = active.select(F.col("key").alias("batch_key"))
-        members = self.table("chunks").join(keys, "batch_key", "left_semi")
+        skip = set(exclude_keys)
+        keys = sorted({r.key for r in self.current_batches()} - skip)
+        members = self.chunk_lines(keys) if keys else self.table("chunks").where(F.lit(False))
         return members.select(F.col("hash").alias(C.HASH)).distinct()
 
     def final_hashes(self, retry_classes: frozenset[str] = frozenset()) -> DataFrame:
@@ -480,13 +482,26 @@ class Store:
             .select(F.col("hash").alias(C.HASH))
         )
 
-    def attempts(self, retry_classes: frozenset[str] = frozenset()) -> DataFrame:
-        """``__llm_hash``, ``__llm_attempt``: the last attempt of every request with an open result
-        (not final, or a failure of ``retry_classes``)."""
+    def unsent(self, requests: DataFrame, retry_classes: frozenset[str] = frozenset()) -> DataFrame:
+        """The rows of ``requests`` (keyed by ``__llm_hash``) to send now: neither answered for
+        good (:meth:`final_hashes`) nor in flight (:meth:`inflight_hashes`), each with
+        ``__llm_attempt``: its last attempt plus one where a result is open, else 1.
+
+        One join with ``results`` (one row per hash) gives both what is final and the last
+        attempt; one with the in-flight members, when some batch is in flight.
+        """
         from pyspark.sql import functions as F
 
-        frame = self.table("results").where(~F.col("final") | self._asked_again(retry_classes))
-        return frame.select(F.col("hash").alias(C.HASH), F.col("attempt").alias(C.ATTEMPT))
+        done, last = "__llm_store_done", "__llm_store_attempt"
+        results = self.table("results").select(
+            F.col("hash").alias(C.HASH),
+            (F.col("final") & ~self._asked_again(retry_classes)).alias(done),
+            F.col("attempt").alias(last),
+        )
+        open_ = requests.join(results, C.HASH, "left").where(~F.coalesce(F.col(done), F.lit(False)))
+        open_ = open_.join(self.inflight_hashes(), C.HASH, "left_anti")
+        attempt = F.coalesce(F.col(last) + 1, F.lit(1)).alias(C.ATTEMPT)
+        return open_.select(*[F.col(f"`{c}`") for c in requests.columns], attempt)
 
     @staticmethod
     def _asked_again(retry_classes: frozenset[str]) -> Column:

@@ -320,17 +320,8 @@ def _stage_pending(
     Duplicate requests (equal hashes) need no shuffle here: packing sorts equal hashes next to
     each other and keeps one.
     """
-    from pyspark.sql import functions as F
-
-    again = cfg.retry_classes
-    pending = (
-        encoded.where(encoded[C.ERR_CLASS].isNull())
-        .select(C.HASH, C.NBYTES, line.alias(C.LINE))
-        .join(store.final_hashes(again), C.HASH, "left_anti")
-        .join(store.inflight_hashes(), C.HASH, "left_anti")
-        .join(store.attempts(again), C.HASH, "left")
-    )
-    pending = pending.withColumn(C.ATTEMPT, F.coalesce(F.col(C.ATTEMPT) + 1, F.lit(1)))
+    sent = encoded.where(encoded[C.ERR_CLASS].isNull()).select(C.HASH, C.NBYTES, line.alias(C.LINE))
+    pending = store.unsent(sent, cfg.retry_classes)
     return orchestrator.stage_and_record(pending)
 
 

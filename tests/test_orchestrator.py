@@ -440,24 +440,16 @@ def test_a_chunk_whose_rows_vanished_is_abandoned_and_its_requests_are_pending_a
     assert store.results_df().count() == 0
     assert store.inflight_hashes().count() == 0
     pending = spark.createDataFrame([(h,) for h, _, _ in rows], f"`{C.HASH}` STRING")
-    pending = pending.join(store.final_hashes(), C.HASH, "left_anti")
-    assert pending.join(store.inflight_hashes(), C.HASH, "left_anti").count() == len(rows)
+    assert store.unsent(pending).count() == len(rows)
 
 
 def _stage_pending(spark: SparkSession, store: Store, rows: list[tuple[str, str, int]]) -> int:
     """What ``llm_batch`` does before a run: stage every request neither answered for good nor in
     flight, at the attempt after its last one; the number staged."""
-    from pyspark.sql import functions as F
-
     frame = spark.createDataFrame(
         [(h, line) for h, line, _ in rows], f"`{C.HASH}` STRING, line STRING"
     )
-    pending = (
-        frame.join(store.final_hashes(), C.HASH, "left_anti")
-        .join(store.inflight_hashes(), C.HASH, "left_anti")
-        .join(store.attempts(), C.HASH, "left")
-        .select(C.HASH, "line", F.coalesce(F.col(C.ATTEMPT) + 1, F.lit(1)).alias(C.ATTEMPT))
-    )
+    pending = store.unsent(frame)
     again = [(r[C.HASH], r["line"], int(r[C.ATTEMPT])) for r in pending.collect()]
     staged = stage_rows(spark, again, per_chunk=1000, sink=store)
     store.record_staged(staged, provider="fake", endpoint=ENDPOINT)

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from spark_llm_batch import _columns as C
 from spark_llm_batch._store import Store
@@ -204,6 +204,49 @@ def test_record_staged_writes_chunks_before_batches_and_feeds_the_anti_join(
     progress = store.progress(provider="fake")
     assert progress.batches["collected"] == 3
     assert (progress.requests_done, progress.requests_total) == (5, 5)
+
+
+def _results(store: Store, rows: list[tuple[str, str, str | None, int, bool]]) -> None:
+    """Append ``(hash, status, error_class, attempt, final)`` rows to ``results``."""
+    from pyspark.sql import functions as F
+
+    frame = store.spark.createDataFrame(
+        rows, "hash STRING, status STRING, error_class STRING, attempt INT, final BOOLEAN"
+    )
+    columns = [F.col(n) if n in frame.columns else F.lit(None).cast(kind).alias(n)
+               for n, kind in store.table("results").dtypes]  # fmt: skip
+    frame.select(*columns).write.format("delta").mode("append").save(f"{store.location}/results")
+
+
+def test_unsent_requests_are_neither_final_nor_in_flight_and_carry_their_next_attempt(
+    spark: SparkSession, store: Store
+) -> None:
+    flying = prompts(2)
+    records = store.record_staged(
+        stage_rows(spark, flying, per_chunk=2, sink=store), provider="fake", endpoint=ENDPOINT
+    )
+    _results(store, [("ok", "succeeded", None, 1, True), ("bad", "failed", "invalid_request", 2, True),
+                     ("open", "failed", "server_error", 3, False)])  # fmt: skip
+    asked = [("ok",), ("bad",), ("open",), ("new",), *[(h,) for h, _, _ in flying]]
+    requests = spark.createDataFrame(asked, f"`{C.HASH}` STRING")
+
+    def unsent(again: frozenset[str] = frozenset()) -> dict[str, int]:
+        return {r[C.HASH]: r[C.ATTEMPT] for r in store.unsent(requests, again).collect()}
+
+    assert unsent() == {"open": 4, "new": 1}
+    assert "batch_key#" in _optimized(store.unsent(requests))  # the chunks table
+    # A final failure the user asks to send again goes at its next attempt.
+    assert unsent(frozenset({"invalid_request"})) == {"bad": 3, "open": 4, "new": 1}
+    # Once their batch is collected, the in-flight requests are sent again (no result: attempt 1).
+    store.append_batches([r.to(Phase.COLLECTED) for r in records])
+    assert unsent() == {"open": 4, "new": 1, **{h: 1 for h, _, _ in flying}}
+    # Nothing in flight: the join with the in-flight members is planned away, no chunk is read.
+    assert "batch_key#" not in _optimized(store.unsent(requests))
+
+
+def _optimized(frame: DataFrame) -> str:
+    plan: str = frame._jdf.queryExecution().optimizedPlan().toString()
+    return plan
 
 
 def test_chunks_without_a_batch_row_are_not_in_flight(spark: SparkSession, store: Store) -> None:
