@@ -64,6 +64,7 @@ def _summary(output: str) -> str:
     return lines[-1] if lines else ""
 
 
+@pytest.mark.slow  # ~12 min on 2 cores: run by make test-slow, not within CI's time
 @pytest.mark.timeout(RUN_TIMEOUT + INTERRUPT_GRACE + 60)
 def test_the_library_runs_on_a_cluster_with_s3_and_without_egress() -> None:
     returncode, output = _run_cases("")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 import yaml
 
 from tests.pipeline_helpers import MODELS, SYSTEM, base_url, billed_counts
@@ -41,6 +42,7 @@ def _advance(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[s
     return done
 
 
+@pytest.mark.slow  # three JVMs; test_job.py runs a detached job twice in the default suite
 def test_a_detached_run_is_advanced_by_three_processes_with_no_double_billing(
     spark: SparkSession, fresh_emulator: Callable[..., Emulator], tmp_path: Path
 ) -> None:

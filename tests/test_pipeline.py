@@ -1,7 +1,8 @@
 """End to end: DataFrame -> provider batches on the emulator -> Delta output, exactly once.
 
 Every test runs for each provider (``provider``: OpenAI's Batch API, Anthropic's Message Batches),
-through the real SDKs; the emulator's ledger checks that each request is billed once.
+through the real SDKs; the emulator's ledger checks that each request is billed once. Tests
+parametrized with ``OPENAI_FIRST`` run Anthropic only in the slow suite (``make test-slow``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import pytest
 
 from spark_llm_batch.config import BatchLimits
 from spark_llm_batch.emulator import _answers
-from tests.pipeline_helpers import MODELS, SYSTEM, base_url, billed_counts, pipeline_options
+from tests.pipeline_helpers import (
+    MODELS,
+    OPENAI_FIRST,
+    SYSTEM,
+    base_url,
+    billed_counts,
+    pipeline_options,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -142,6 +150,7 @@ def test_a_batch_costs_at_most_four_calls_besides_polls(
     assert sum(calls.values()) <= 4 * batches
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
     spark: SparkSession,
     quick_emulator: Emulator,
@@ -216,6 +225,7 @@ def test_duplicates_bad_prompts_and_faults_are_rows_not_crashes(
     assert len(billed) == 3
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_transient_failures_are_retried_in_new_batches_until_answered(
     spark: SparkSession,
     fresh_emulator: Callable[..., Emulator],
@@ -249,6 +259,7 @@ def test_transient_failures_are_retried_in_new_batches_until_answered(
     assert set(billed.values()) == {1}
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_expired_batch_keeps_its_answers_and_retries_the_rest(
     spark: SparkSession,
     fresh_emulator: Callable[..., Emulator],
@@ -288,6 +299,7 @@ def test_expired_batch_keeps_its_answers_and_retries_the_rest(
     assert set(billed.values()) == {1}
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_the_driver_transport_answers_every_row_once_and_reruns_for_free(
     spark: SparkSession,
     quick_emulator: Emulator,
@@ -331,6 +343,7 @@ def test_auto_transport_says_which_it_took(
     assert "transport: executors (executors can reach 127.0.0.1:" in caplog.text
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_retry_failed_sends_stored_failures_again(
     spark: SparkSession,
     quick_emulator: Emulator,
@@ -365,6 +378,7 @@ def test_retry_failed_sends_stored_failures_again(
     assert billed_counts(quick_emulator)[first[1]["request_hash"]] == 1
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_two_inputs_with_the_same_options_get_two_outputs(
     spark: SparkSession,
     quick_emulator: Emulator,
@@ -388,6 +402,7 @@ def test_two_inputs_with_the_same_options_get_two_outputs(
     assert folders(out_a) != folders(out_b)
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_a_template_over_columns_is_rendered_checked_and_its_nulls_follow_the_rule(
     spark: SparkSession,
     quick_emulator: Emulator,
@@ -442,6 +457,7 @@ def test_a_template_over_columns_is_rendered_checked_and_its_nulls_follow_the_ru
     assert set(billed.values()) == {1}
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_a_conversation_column_is_sent_as_the_messages_after_the_system_prompt(
     spark: SparkSession,
     quick_emulator: Emulator,
@@ -486,6 +502,7 @@ def test_a_conversation_column_is_sent_as_the_messages_after_the_system_prompt(
     assert billed_counts(quick_emulator) == billed
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_structured_answers_come_back_as_a_typed_parsed_struct(
     spark: SparkSession,
     quick_emulator: Emulator,

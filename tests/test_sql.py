@@ -20,7 +20,14 @@ from spark_llm_batch import register_sql
 from spark_llm_batch._sql_parse import find_calls, tokens
 from spark_llm_batch.emulator import Fault, _answers, marker
 from spark_llm_batch.errors import ConfigError
-from tests.pipeline_helpers import MODELS, SYSTEM, base_url, billed_counts, pipeline_options
+from tests.pipeline_helpers import (
+    MODELS,
+    OPENAI_FIRST,
+    SYSTEM,
+    base_url,
+    billed_counts,
+    pipeline_options,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -76,7 +83,7 @@ def _by_id(df: Any) -> dict[int, tuple[Any, ...]]:
     return {r["id"]: (r["text"], r["status"], r["error_class"]) for r in rows}
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_the_table_function_answers_as_the_dataframe_api_and_bills_nothing_twice(
     sql_spark: SparkSession, quick_emulator: Emulator, tmp_path: Path, provider: str
 ) -> None:

@@ -19,7 +19,7 @@ from spark_llm_batch._prices import DEFAULT_PRICES, Price, PriceTable
 from spark_llm_batch.config import RetryPolicy
 from spark_llm_batch.emulator import marker
 from spark_llm_batch.errors import ConfigError
-from tests.pipeline_helpers import MODELS, pipeline_options
+from tests.pipeline_helpers import MODELS, OPENAI_FIRST, pipeline_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,7 +41,7 @@ def _ledger_tokens(emu: Emulator) -> dict[str, tuple[int, int]]:
     return {model: (i, o) for model, (i, o) in sums.items()}
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_cost_is_the_price_table_applied_to_the_ledgers_billed_tokens(
     spark: SparkSession,
     fresh_emulator: Callable[..., Emulator],

@@ -21,7 +21,7 @@ import pytest
 
 from spark_llm_batch.emulator import _answers
 from tests import crash_job
-from tests.pipeline_helpers import base_url, billed_counts
+from tests.pipeline_helpers import OPENAI_FIRST, base_url, billed_counts
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,7 +65,7 @@ def _start(
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_two_jobs_on_one_fresh_store_pay_once_and_both_complete(
     fresh_emulator: Callable[..., Emulator], tmp_path: Path, provider: str
 ) -> None:
