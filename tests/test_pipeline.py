@@ -150,7 +150,6 @@ def test_a_batch_costs_at_most_four_calls_besides_polls(
     assert sum(calls.values()) <= 4 * batches
 
 
-@pytest.mark.parametrize("provider", OPENAI_FIRST)
 def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
     spark: SparkSession,
     quick_emulator: Emulator,
