@@ -55,6 +55,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--memory-rows", default=None, help="pipeline: further sizes, comma-separated (100000)"
     )
+    parser.add_argument(
+        "--partitions", default=None, help="scale: input partitionings, comma-separated (2,400)"
+    )
     return parser.parse_args(argv)
 
 
@@ -70,6 +73,9 @@ def _options(name: str, args: argparse.Namespace) -> tuple[dict[str, object], st
         options["rows"] = args.rows
         flags += f" --rows {args.rows}"
     if name == "scale":
+        if args.partitions is not None:
+            options["partitionings"] = tuple(int(n) for n in args.partitions.split(",") if n)
+            flags += f" --partitions {args.partitions}"
         return options, flags
     if args.repeats is not None:
         options["repeats"] = args.repeats
