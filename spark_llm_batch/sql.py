@@ -7,7 +7,9 @@ it: the pipeline needs a SparkSession, which Python code run from SQL (UDTFs, da
 executors) does not have. So :func:`register_sql` wraps that session object's ``sql`` method:
 each ``llm_batch(TABLE(<table> | <query>), name => literal, ...)`` in a statement is found
 (``spark_llm_batch._sql_parse``), run to its output table, put in the statement as a temporary
-view, and the statement then runs as it was written. SQL that does not pass through this
+view, and the statement then runs as it was written. Over a table name or ``delta.`<path>```, the
+call is :func:`~spark_llm_batch.api.llm_batch_table`: a daily statement over a growing Delta
+table with the change data feed reads only the rows inserted since its last run. SQL that does not pass through this
 session's ``sql`` (a SQL warehouse, another session, a ``%sql`` cell) does not see it.
 
 The scalar is an Arrow UDF calling the provider's real-time API (full price) on executors, for
@@ -28,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -57,8 +60,11 @@ _THREADS = 8  # real-time calls in flight at once in one task
 _AS_GIVEN = ("model", "store", "template", "template_nulls", "system", "id_col", "output",
          "result_col", "provider", "transport", "max_in_flight", "lease_seconds")  # fmt: skip
 _JSON = ("params", "retry", "limits", "poll", "openai", "anthropic")
-ARGUMENTS = tuple(sorted({"prompt", "response_format", "retry_failed", *_AS_GIVEN, *_JSON}))
-"""The named arguments of the table function (``prompt`` is the prompt column)."""
+_CALL_ONLY = ("prompt", "incremental")  # arguments of the call, not llm_batch options
+ARGUMENTS = tuple(sorted({"response_format", "retry_failed", *_CALL_ONLY, *_AS_GIVEN, *_JSON}))
+"""The named arguments of the table function (``prompt`` is the prompt column, ``incremental``
+is :func:`~spark_llm_batch.api.llm_batch_table`'s)."""
+_DELTA_PATH = re.compile(r"delta\.`((?:[^`]|``)+)`", re.IGNORECASE)
 
 
 def register_sql(spark: SparkSession, *, max_realtime_rows: int = 100) -> None:
@@ -119,7 +125,7 @@ def _rewrite(spark: SparkSession, original: Callable[..., DataFrame], statement:
     calls = find_calls(statement)
     if not calls:
         return statement
-    planned = [(call, *_options(call.args)) for call in calls]
+    planned = [(call, *_options(call)) for call in calls]
     views = [_run(spark, original, *plan) for plan in planned]
     for call, view in reversed(list(zip(calls, views, strict=True))):
         statement = f"{statement[: call.start]}`{view}`{statement[call.end :]}"
@@ -132,30 +138,51 @@ def _run(
     call: Call,
     prompt_col: str | None,
     options: dict[str, Any],
+    incremental: bool,
 ) -> str:
-    """Run one call through ``llm_batch``; the temporary view over its output."""
-    from spark_llm_batch.api import llm_batch
+    """Run one call, over a table through ``llm_batch_table``, else through ``llm_batch``; the
+    temporary view over its output."""
+    from spark_llm_batch._handle import BatchRun
+    from spark_llm_batch.api import llm_batch, llm_batch_table
 
-    if call.is_table:
-        df = spark.table(call.source)
-    else:  # a query may hold calls of its own
-        df = original(_rewrite(spark, original, call.source))
     log.info("%s in SQL: running over %s", FUNCTION, call.source)
-    out = llm_batch(df, prompt_col, **options)
+    table = _table_input(call) if call.is_table else None
+    if table is not None:
+        out = llm_batch_table(spark, table, prompt_col, incremental=incremental, **options)
+        assert not isinstance(out, BatchRun)  # it waited
+    else:
+        # A query may hold calls of its own; other sources (parquet.`<path>`) are read whole.
+        df = spark.table(call.source) if call.is_table else original(
+            _rewrite(spark, original, call.source)
+        )  # fmt: skip
+        out = llm_batch(df, prompt_col, **options)
     view = f"{_VIEW_PREFIX}{uuid.uuid4().hex[:16]}"
     out.createOrReplaceTempView(view)
     return view
 
 
-def _options(args: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The prompt column and ``llm_batch`` options of a call's arguments, validated.
+def _table_input(call: Call) -> str | None:
+    """What ``llm_batch_table`` reads for ``TABLE(<name>)``: the name, or the path of
+    ``delta.`<path>```; ``None`` for other formats' paths (``parquet.`<path>```)."""
+    from spark_llm_batch._handle import is_table_name
+
+    path = _DELTA_PATH.fullmatch(call.source.strip())
+    if path is not None:
+        return path.group(1).replace("``", "`")
+    return call.source if is_table_name(call.source) else None
+
+
+def _options(call: Call) -> tuple[str | None, dict[str, Any], bool]:
+    """The prompt column, ``llm_batch`` options and ``incremental`` of a call's arguments,
+    validated.
 
     Raises:
-        ConfigError: an unknown argument, malformed JSON, or options that do not validate (the
-            message names the argument).
+        ConfigError: an unknown argument, malformed JSON, options that do not validate (the
+            message names the argument), or ``incremental`` on a query.
     """
     from spark_llm_batch.config import BatchConfig
 
+    args: Mapping[str, Any] = call.args
     unknown = sorted(set(args) - set(ARGUMENTS))
     if unknown:
         raise ConfigError(
@@ -163,7 +190,7 @@ def _options(args: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
         )
     options: dict[str, Any] = {}
     for name, value in args.items():
-        if value is None or name == "prompt":
+        if value is None or name in _CALL_ONLY:
             continue
         if name in _JSON:
             value = _json(name, value, dict)
@@ -179,8 +206,16 @@ def _options(args: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
         raise ConfigError(
             f"{FUNCTION}: give prompt => '<column>' (the prompt column) or template => '...'"
         )
+    incremental = args.get("incremental")
+    if incremental is not None and not isinstance(incremental, bool):
+        raise ConfigError(f"{FUNCTION}: incremental must be true or false, got {incremental!r}")
+    if incremental is not None and not call.is_table:
+        raise ConfigError(
+            f"{FUNCTION}: incremental applies to TABLE(<table name>), whose versions a run can "
+            f"follow; TABLE(<query>) is read whole every run"
+        )
     BatchConfig.build(options, source=f"the SQL call {FUNCTION}(...)")
-    return prompt, options
+    return prompt, options, incremental is not False
 
 
 def _json(name: str, value: Any, kind: type) -> Any:

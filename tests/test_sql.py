@@ -9,6 +9,7 @@ without Spark.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -146,6 +147,58 @@ def test_queries_several_calls_and_sql_around_them(
     assert set(billed.values()) == {1}
 
 
+def test_a_daily_statement_over_a_grown_delta_table_reads_only_its_new_rows(
+    sql_spark: SparkSession, quick_emulator: Emulator, tmp_path: Path
+) -> None:
+    table, output, store = tmp_path / "faq", tmp_path / "answers", str(tmp_path / "store")
+    sql_spark.sql(
+        f"CREATE TABLE delta.`{table}` (id BIGINT, prompt STRING) USING DELTA "
+        "TBLPROPERTIES (delta.enableChangeDataFeed = true)"
+    )
+
+    def grow(first: int, last: int) -> None:
+        rows = [(i, f"Daily question {i}") for i in range(first, last)]
+        sql_spark.createDataFrame(rows, "id long, prompt string").write.format("delta").mode(
+            "append"
+        ).save(str(table))
+
+    def statement(extra: str = "") -> str:
+        return (
+            f"SELECT id, llm.status, llm.text FROM llm_batch(TABLE(delta.`{table}`), "
+            f"{sql_args('openai', store)}, output => '{output}'{extra})"
+        )
+
+    def answered(rows: list[Any]) -> list[int]:
+        model = MODELS["openai"]
+        for row in rows:
+            prompt = f"Daily question {row['id']}"
+            expected = _answers.expected_text(prompt, model=model, system=SYSTEM)
+            assert (row["status"], row["text"]) == ("succeeded", expected)
+        return sorted(row["id"] for row in rows)
+
+    grow(0, 12)
+    assert answered(sql_spark.sql(statement()).collect()) == list(range(12))
+    assert len(billed_counts(quick_emulator)) == 12
+
+    old_files = set(table.glob("*.parquet"))
+    grow(12, 16)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for path in old_files:  # a statement that read the first 12 rows again would fail now
+        shutil.move(path, aside / path.name)
+    quick_emulator.clear_ledger()
+    assert answered(sql_spark.sql(statement()).collect()) == list(range(16))
+    billed = billed_counts(quick_emulator)
+    assert len(billed) == 4  # the new rows alone were read and sent
+    assert set(billed.values()) == {1}
+
+    for path in aside.iterdir():
+        shutil.move(path, table / path.name)
+    quick_emulator.clear_ledger()  # incremental => false: the whole table, answered by the store
+    assert answered(sql_spark.sql(statement(", incremental => false")).collect()) == list(range(16))
+    assert billed_counts(quick_emulator) == {}
+
+
 @pytest.mark.parametrize(
     ("call", "error"),
     [
@@ -164,6 +217,10 @@ def test_queries_several_calls_and_sql_around_them(
          "'prompt' must be a SQL literal"),
         ("llm_batch(TABLE(sql_bad), model => 'gpt-4o-mini', store => 's')",
          "give prompt => '<column>'"),
+        ("llm_batch(TABLE(sql_bad), prompt => 'prompt', model => 'gpt-4o-mini', store => 's', "
+         "incremental => 'yes')", "incremental must be true or false"),
+        ("llm_batch(TABLE(SELECT * FROM sql_bad), prompt => 'prompt', model => 'gpt-4o-mini', "
+         "store => 's', incremental => true)", r"incremental applies to TABLE\(<table name>\)"),
     ],
 )  # fmt: skip
 def test_bad_arguments_raise_config_error_before_anything_is_sent(
