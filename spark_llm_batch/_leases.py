@@ -24,8 +24,14 @@ between the drivers sharing a store, and the longest pause a heartbeat may suffe
 A run on the same machine as a holder whose process is gone (a crashed driver, re-run on the same
 host) takes its leases over at once: holder ids carry the host and the pid.
 
-A run whose heartbeat could not renew its leases within ``ttl`` stops (``check``): another run may
-have taken its batches over, and driving them on could pay for one twice.
+A renewal extends every lease whose row still names this run, expired or not: a row names another
+run only once that run has claimed it (a claim writes its holder), so a row that still names this
+run was taken by no one, however late the renewal. A heartbeat can be late: its commit is a Spark
+job, and it waits behind the run's own long jobs (a big input's staging job keeps every core busy
+for minutes). So before each step that spends or stages (``check``: the orchestrator's rounds, each
+create, the commit that puts staged requests in flight), a run whose last renewal is over ``ttl / 2``
+old renews in its own thread, once its jobs are done. A run that finds a lease lost (another run
+took it over meanwhile) stops: driving its batches on could pay for one twice.
 
 The lease of a finished (collected or abandoned) batch guards nothing: the run stops renewing it
 and lets it lapse (``let_lapse``), without a commit. A release deletes the released rows, and with
@@ -113,6 +119,7 @@ class Leases:
         self.store, self.ttl = store, ttl
         self.owner = owner or _owner_id()
         self.held: set[str] = set()
+        self.lost: set[str] = set()  # held once, then found claimed by another run
         self._renewed = time.monotonic()
         self._lock = threading.Lock()
 
@@ -201,7 +208,9 @@ class Leases:
     def release(self, names: Sequence[str]) -> None:
         """Give up ``names`` now (their rows deleted: another run may take them), and forget
         every lease expired for :data:`FORGET_AFTER_SECONDS`, in one commit."""
-        names = [n for n in names if n in self.held]
+        with self._lock:  # no longer held before the rows go: a renewal meanwhile skips them
+            names = [n for n in names if n in self.held]
+            self.held -= set(names)
         if not names:
             return
         statement = (
@@ -210,8 +219,6 @@ class Leases:
             f"make_interval(0, 0, 0, 0, 0, 0, {FORGET_AFTER_SECONDS})"
         )
         self._commit("releasing leases", statement)
-        with self._lock:
-            self.held -= set(names)
 
     @contextmanager
     def holding(self, name: str, *, poll: float = 1.0) -> Iterator[None]:
@@ -251,43 +258,67 @@ class Leases:
     # ---- the heartbeat ----------------------------------------------------------------------------
 
     def renew(self) -> None:
-        """Extend every held lease by ``ttl``; a lease found lost is dropped from ``held``."""
+        """Extend by ``ttl`` every held lease whose row still names this run, lapsed or not (see
+        the module docstring); a lease whose row names another run, or is gone, is lost: dropped
+        from ``held``, added to ``lost``."""
+        started = time.monotonic()
         with self._lock:
             names = sorted(self.held)
         if not names:
-            self._renewed = time.monotonic()
+            self._renewed = max(self._renewed, started)
             return
-        started = time.monotonic()
         statement = (
             f"UPDATE {self.store.table_ref('leases')} SET expires_at = current_timestamp() + "
             f"make_interval(0, 0, 0, 0, 0, 0, {self.ttl}) WHERE holder = '{self.owner}' AND "
-            f"name IN ({_names(names)}) AND expires_at >= current_timestamp()"
+            f"name IN ({_names(names)})"
         )
         metrics = self._commit("renewing leases", statement)
         if _rows_written(metrics) == len(names):  # every one extended
             kept = set(names)
         else:
-            kept = {n for n, holder in self.holders(names).items() if holder == self.owner}
+            found = self.holders(names, live=False)
+            kept = {n for n, holder in found.items() if holder == self.owner}
         with self._lock:
             lost = (set(names) & self.held) - kept  # not the ones released meanwhile
             self.held -= lost
+            self.lost |= lost
+            self._renewed = max(self._renewed, started)
         if lost:
-            log.warning("run %s lost its lease on %s", self.owner, sorted(lost))
-        self._renewed = started
+            log.warning("run %s lost its lease on %s to another run", self.owner, sorted(lost))
 
     def check(self) -> None:
-        """Raise when the leases may have expired unrenewed (the run must stop).
+        """Before a step that spends or stages: make sure this run still holds its leases. When
+        the last renewal is over ``ttl / 2`` old (a heartbeat held up behind long Spark jobs, a
+        paused driver), renew now, in the calling thread.
 
         Raises:
-            StoreError: no renewal succeeded for ``ttl`` seconds.
+            StoreError: a lease was lost to another run; or renewing now failed and no renewal
+                has succeeded for ``ttl`` seconds.
         """
         silent = time.monotonic() - self._renewed
-        if silent > self.ttl:
+        if silent > self.ttl / 2:
+            try:
+                self.renew()
+            except Exception as exc:
+                if time.monotonic() - self._renewed > self.ttl:
+                    raise StoreError(
+                        f"run {self.owner} could not renew its leases on the store "
+                        f"{self.store.location!r} for {silent:.0f} s (lease_seconds="
+                        f"{self.ttl:.0f}): {exc}; it stops rather than risk paying twice; run "
+                        "the same call again to resume"
+                    ) from exc
+                log.warning("run %s: lease renewal failed: %s", self.owner, exc)
+            if silent > self.ttl and not self.lost:
+                log.warning("run %s renewed its leases %.0f s after the last renewal (past "
+                            "lease_seconds=%.0f; long Spark jobs hold the heartbeat up): no other "
+                            "run took them meanwhile, so it goes on", self.owner, silent,
+                            self.ttl)  # fmt: skip
+        if self.lost:
             raise StoreError(
-                f"run {self.owner} could not renew its leases on the store {self.store.location!r} "
-                f"for {silent:.0f} s (lease_seconds={self.ttl:.0f}): another run may have taken "
-                "its batches over, so it stops rather than risk paying twice; run the same call "
-                "again to resume"
+                f"run {self.owner} lost its lease(s) on {sorted(self.lost)} in the store "
+                f"{self.store.location!r}: another run took them over while this run's renewals "
+                f"were late (lease_seconds={self.ttl:.0f}); it stops rather than risk paying "
+                "twice; run the same call again to resume"
             )
 
     @contextmanager

@@ -424,6 +424,7 @@ class Orchestrator(EndedPhase):
         self._commit(events)
         one_by_one = self._one_at_a_time
         for group in [[r] for r in to_create] if one_by_one else [to_create] if to_create else []:
+            self.leases.check()  # the round's earlier work may have run long
             created = [e for r, o in zip(group, self._create(group), strict=True)
                        if (e := self._created(r, o)) is not None]  # fmt: skip
             self._commit(created)

@@ -7,7 +7,9 @@ small; it reads and writes the orchestrator's state declared below. Order of com
   one append: the old batch ``abandoned`` + the new one ``uploaded`` (same input file); the new one
   is held back and the in-flight cap shrinks.
 - otherwise: results read through the transport and MERGEd (commit) → open requests re-staged
-  (chunks, then ``staged`` rows of the new batches) → ``collected`` (one append for all) →
+  under the ``stage`` lease, as every staging is (chunks, then ``staged`` rows of the new
+  batches; another run staging meanwhile still sees them in flight) → ``collected`` (one append
+  for all) →
   best-effort cleanup of the provider's input files. When some request was refused for
   credentials, permission or billing (class ``auth``), nothing is re-staged: the batches are
   recorded ``collected`` and the run stops with :class:`~spark_llm_batch.errors.AuthenticationError`
@@ -176,8 +178,17 @@ class EndedPhase:
             )
 
     def _restage_open(self, records: list[BatchRecord]) -> None:
-        """Stage the open (retryable) requests of ``records`` as new batches, attempt + 1."""
-        new = self.stage_and_record(retry_requests(self.store, records))
+        """Stage the open (retryable) requests of ``records`` as new batches, attempt + 1.
+
+        Under the ``stage`` lease: a run staging now computes its pending requests from what is
+        in flight, and ``records`` stay in flight (not collected, their members in ``chunks``)
+        until their retries are; without the lease, a run that read ``batches`` before this
+        commit and ``chunks`` after the sweep would find those requests unsent and send them too.
+        """
+        from spark_llm_batch._leases import STAGE
+
+        with self.leases.holding(STAGE):
+            new = self.stage_and_record(retry_requests(self.store, records))
         for record in new:
             self._records[record.key] = record
         self.summary.restaged += len(new)
@@ -192,6 +203,7 @@ class EndedPhase:
         if not staged.chunks:
             return []
         self.leases.claim_new([c.key for c in staged.chunks])  # keys made just now: unheld
+        self.leases.check()  # the stage lease is still ours (staging a big input takes a while)
         return self.store.record_staged(
             staged, provider=self.provider.name, endpoint=self.endpoint, job=self.job
         )

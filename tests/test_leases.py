@@ -67,11 +67,23 @@ def test_a_dead_holder_is_taken_over_and_a_live_one_stops_after_losing_it(store:
     assert heir.claim(["batch"]) == set()
     time.sleep(6.5)  # no heartbeat: the lease lapses
     assert heir.claim(["batch"]) == {"batch"}
-    dead.renew()  # too late: it finds the lease gone, and no longer counts it as held
+    dead.renew()  # too late: it finds the lease taken, and no longer counts it as held
     assert dead.held == set()
-    dead._renewed -= 10.0  # and it last renewed more than ttl ago
-    with pytest.raises(StoreError, match="could not renew its leases"):
-        dead.check()
+    assert dead.lost == {"batch"}
+    with pytest.raises(StoreError, match=r"lost its lease\(s\) on \['batch'\]"):
+        dead.check()  # the run stops before its next step
+    assert heir.holders(["batch"]) == {"batch": heir.owner}
+
+
+def test_a_late_renewal_keeps_a_lapsed_lease_that_no_run_took(store: Store) -> None:
+    late, other = Leases(store, ttl=3.0), Leases(store, ttl=60.0)
+    assert late.claim(["batch"]) == {"batch"}
+    time.sleep(3.5)  # no renewal: a heartbeat held up behind the run's own long Spark jobs
+    assert other.holders(["batch"]) == {"batch": None}  # lapsed: free to take, but none took it
+    late.check()  # over ttl / 2 since the last renewal: renews now, in this thread
+    assert (late.held, late.lost) == ({"batch"}, set())
+    assert other.claim(["batch"]) == set()  # live again
+    assert other.holders(["batch"]) == {"batch": late.owner}
 
 
 def test_the_heartbeat_keeps_leases_alive_and_releases_them_at_the_end(store: Store) -> None:

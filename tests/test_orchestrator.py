@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pyspark.sql import SparkSession
@@ -24,7 +26,7 @@ from spark_llm_batch._store import Store
 from spark_llm_batch._store_tables import Phase
 from spark_llm_batch._transport import DriverTransport, ExecutorTransport, Transport
 from spark_llm_batch.config import BatchConfig, PollPolicy, RetryPolicy
-from spark_llm_batch.errors import AuthenticationError
+from spark_llm_batch.errors import AuthenticationError, StoreError
 from tests.orchestrator_fakes import (
     Crash,
     FakeProvider,
@@ -370,6 +372,114 @@ def test_expired_batch_retries_open_requests_in_a_new_batch(
     retry = store.current_batches(provider="fake", include_terminal=True)
     assert sorted(r.attempt for r in retry) == [1, 2]
     assert _chunk_keys(store) == set()  # both batches collected: their lines swept
+
+
+class _SlowCreate(FakeProvider):
+    """Each create takes ``seconds`` (real time), then calls ``hook`` (a class attribute, so
+    that the provider still pickles) with the chunk's key."""
+
+    seconds: ClassVar[float] = 2.5
+    hook: ClassVar[Callable[[str], None] | None] = None
+
+    def create(self, chunk: Any, input_ref: str | None, config: BatchConfig) -> Any:
+        time.sleep(self.seconds)
+        hook = type(self).hook  # the plain function, not bound to the instance
+        if hook is not None:
+            hook(chunk.key)
+        return super().create(chunk, input_ref, config)
+
+
+@pytest.fixture
+def stalled_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A heartbeat that never renews: one held up for the whole run behind long Spark jobs."""
+
+    @contextmanager
+    def heartbeat(self: Leases) -> Iterator[None]:
+        self._renewed = time.monotonic()
+        try:
+            yield
+        finally:
+            self.release(sorted(self.held))
+
+    monkeypatch.setattr(Leases, "heartbeat", heartbeat)
+
+
+@pytest.mark.usefixtures("stalled_heartbeat")
+def test_a_run_whose_heartbeat_is_held_up_past_the_lease_renews_before_each_step_and_finishes(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=4, per_chunk=4)
+    fake = _SlowCreate.build()  # the create alone outlasts the 2 s lease
+    summary = _run(spark, store, fake, tmp_path, lease_seconds=2.0)
+    assert (summary.created, summary.collected) == (1, 1)
+    assert len(fake.creates) == 1
+    _assert_all_answered(store, rows)
+
+
+@pytest.mark.usefixtures("stalled_heartbeat")
+def test_a_run_that_lost_a_lapsed_lease_to_another_run_stops_before_its_next_step(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = _setup(spark, tmp_path, n=4, per_chunk=4)
+    heir = Leases(store, ttl=600.0, owner="another-host/1/heir")
+    taken: list[str] = []
+    monkeypatch.setattr(_SlowCreate, "seconds", 3.0)  # well past the 2 s lease
+    monkeypatch.setattr(_SlowCreate, "hook", lambda key: taken.extend(heir.claim([key])))
+    fake = _SlowCreate.build()
+    with pytest.raises(StoreError, match=r"lost its lease\(s\)"):
+        _run(spark, store, fake, tmp_path, lease_seconds=2.0)
+    assert len(taken) == 1  # the other run took the batch over while the create ran
+    assert len(fake.creates) == 1  # and this one stopped: nothing created twice
+    [batch] = store.current_batches(provider="fake")
+    # The create is recorded (the run polled it once, too), and the heir collects it.
+    assert (batch.batch_id, batch.state) in {("batch_0", Phase.SUBMITTED), ("batch_0", Phase.ENDED)}
+    assert heir.holders(taken) == dict.fromkeys(taken, heir.owner)
+
+
+class _WaitedStager(TestStager):
+    """A ``restage`` that records who held the ``stage`` lease when it was called."""
+
+    def __init__(self, spark: SparkSession, store: Store, leases: Leases) -> None:
+        super().__init__(spark, store)
+        self.leases, self.holders = leases, []
+
+    def __call__(self, frame: Any) -> Any:
+        self.holders.append(self.leases.holders(["stage"])["stage"])
+        return super().__call__(frame)
+
+
+def test_retries_are_staged_under_the_stage_lease_waiting_for_another_run_that_holds_it(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=4, per_chunk=4)
+    other = Leases(store, ttl=600.0, owner="another-host/1/run")  # staging, far away, alive
+    assert other.claim(["stage"]) == {"stage"}
+    waited: list[str] = []
+
+    class Release(logging.Handler):  # the other run ends its staging once this one waits
+        def emit(self, record: logging.LogRecord) -> None:
+            if "lease 'stage' is held by run another-host/1/run" in record.getMessage():
+                waited.append(record.getMessage())
+                other.release(["stage"])
+
+    handler, logger = Release(level=logging.INFO), logging.getLogger("spark_llm_batch")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    stager = _WaitedStager(spark, store, other)
+    try:
+        summary = _run(spark, store, FakeProvider.build(outcomes={0: "expired"}), tmp_path,
+                       stager=stager)  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(waited) == 1  # it waited for the other run's stage lease before re-staging
+    [holder] = stager.holders  # and re-staged holding it itself
+    assert holder is not None
+    assert holder != other.owner
+    assert summary.restaged == 1
+    _assert_all_answered(store, rows)
+    assert other.holders(["stage"]) == {"stage": None}  # released after
 
 
 @pytest.mark.slow
