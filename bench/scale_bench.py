@@ -139,9 +139,9 @@ def _report(rows: int, results: dict[int, dict[str, Any]], loads: list[str]) -> 
         "(`incremental=False`, what a daily run cost before). See "
         "`bench/scale_bench.py`.",
         "",
-        "| input partitions | first run | daily run (+1 %) | whole-table run | daily / whole: "
-        "time, bytes read | peak RSS: Python driver / JVM |",
-        "|---|---|---|---|---|---|",
+        "| input partitions | first run | daily run (+1 %) | whole-table run | daily / first: "
+        "time, bytes read | daily / whole: time, bytes read | peak RSS: Python driver / JVM |",
+        "|---|---|---|---|---|---|---|",
     ]
     for partitions, r in results.items():
         first, daily, whole = r["first"], r["daily"], r["whole"]
@@ -150,8 +150,8 @@ def _report(rows: int, results: dict[int, dict[str, Any]], loads: list[str]) -> 
             f"{first['seconds']:.0f} s, read {first['read_mb']:,.0f} MB",
             f"{daily['seconds']:.1f} s, read {daily['read_mb']:,.0f} MB",
             f"{whole['seconds']:.1f} s, read {whole['read_mb']:,.0f} MB",
-            f"{daily['seconds'] / whole['seconds']:.2f}x, "
-            f"{daily['read_mb'] / max(whole['read_mb'], 1e-9):.3f}x",
+            _ratio(daily, first),
+            _ratio(daily, whole),
             f"{r['driver_peak_mb']:.0f} MB / {r['jvm_peak_mb']:.0f} MB",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -163,6 +163,11 @@ def _report(rows: int, results: dict[int, dict[str, Any]], loads: list[str]) -> 
         f"(load average before/after each partitioning: {' → '.join(loads)}).",
     ]
     return "\n".join(lines)
+
+
+def _ratio(run: dict[str, float], baseline: dict[str, float]) -> str:
+    seconds = run["seconds"] / baseline["seconds"]
+    return f"{seconds:.2f}x, {run['read_mb'] / max(baseline['read_mb'], 1e-9):.3f}x"
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
