@@ -81,11 +81,7 @@ class _Source:
     @property
     def sql(self) -> str:
         """How SQL names it."""
-        from spark_llm_batch._handle import is_table_name
-
-        if is_table_name(self.name):
-            return self.name
-        return "delta.`" + self.name.replace("`", "``") + "`"
+        return _sql_name(self.name)
 
     def reader(self) -> Any:
         return self.spark.read.format("delta")
@@ -193,6 +189,14 @@ def answer_table(
     return done(api.write_output(answered.rows, target, append=True, note=mark.note()))
 
 
+def _sql_name(target: str) -> str:
+    """How SQL names the Delta table ``target``: a table name as it is, a path as
+    ``delta.`<path>```."""
+    from spark_llm_batch._handle import is_table_name
+
+    return target if is_table_name(target) else "delta.`" + target.replace("`", "``") + "`"
+
+
 def _fingerprint(cfg: BatchConfig, prompt_col: str | None, current: DataFrame) -> str:
     from spark_llm_batch import api
 
@@ -205,11 +209,8 @@ def _last_mark(spark: SparkSession, target: str, expected: Mark) -> tuple[Mark |
     ``None`` and why not."""
     from pyspark.errors import AnalysisException
 
-    from spark_llm_batch._handle import is_table_name
-
-    name = target if is_table_name(target) else "delta.`" + target.replace("`", "``") + "`"
     try:
-        history = spark.sql(f"DESCRIBE HISTORY {name}").select(
+        history = spark.sql(f"DESCRIBE HISTORY {_sql_name(target)}").select(
             "version", "operation", "userMetadata"
         ).collect()  # fmt: skip
     except AnalysisException:

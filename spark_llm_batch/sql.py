@@ -9,8 +9,9 @@ each ``llm_batch(TABLE(<table> | <query>), name => literal, ...)`` in a statemen
 (``spark_llm_batch._sql_parse``), run to its output table, put in the statement as a temporary
 view, and the statement then runs as it was written. Over a table name or ``delta.`<path>```, the
 call is :func:`~spark_llm_batch.api.llm_batch_table`: a daily statement over a growing Delta
-table with the change data feed reads only the rows inserted since its last run. SQL that does not pass through this
-session's ``sql`` (a SQL warehouse, another session, a ``%sql`` cell) does not see it.
+table with the change data feed reads only the rows inserted since its last run. SQL that does
+not pass through this session's ``sql`` (a SQL warehouse, another session, a ``%sql`` cell) does
+not see it.
 
 The scalar is an Arrow UDF calling the provider's real-time API (full price) on executors, for
 a handful of rows: more than ``max_realtime_rows`` in one Spark task raise.
