@@ -13,12 +13,14 @@ committed         then (side effect)
 ``uploaded`` +    one append: the file id and the intent to create → ``provider.create``; a crash
 ``creating``      before ``submitted`` is reconciled with ``provider.find(chunk, not_before)`` first
 ``submitted``     the provider batch id → ``provider.retrieve`` (poll with exponential backoff)
-``ended``         result refs and counts → read results on executors, MERGE into ``results``
-                  (ends seen over several polls share one commit, made right before collection
-                  or once per ``poll.progress_seconds``; a crash before it only means re-polling)
+(none)            a poll sees the batch ended (result refs and counts) → read results on
+                  executors, MERGE into ``results``
 (results MERGE)   → retries re-staged (members and ``staged`` rows of new batches)
-``collected``     → best-effort cleanup of the input file; the chunks' rows are swept once the
-                  run's loop ends (``Store.sweep_chunks``)
+``ended`` +       one append for every batch collected together → best-effort cleanup of the
+``collected``     input file; the chunks' rows are swept once the run's loop ends
+                  (``Store.sweep_chunks``). Ends waiting to be collected are committed alone
+                  once per ``poll.progress_seconds``; a crash before ``collected`` only means
+                  polling again, and collecting again adds nothing
 ================  =================================================================================
 
 Where requests travel inline (``provider.requests_inline``, Anthropic) there is no upload:
@@ -52,7 +54,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from spark_llm_batch import _failpoints
@@ -151,20 +153,29 @@ class Orchestrator(EndedPhase):
 
     # ---- the loop ---------------------------------------------------------------------------------
 
-    def run(self, *, wait: bool = True) -> RunSummary:
+    def run(self, *, wait: bool = True, known: Sequence[BatchRecord] | None = None) -> RunSummary:
         """Drive every batch in scope to a terminal state (or until ``poll.timeout_seconds``).
 
         With ``wait`` false (a detached run), go as far as the batches allow without waiting:
         stage, upload, create, poll each batch once, collect what has ended; then return, the
         batches still in flight tracked in the store (``summary.detached``).
+
+        ``known``: every batch in scope, as the caller knows them for sure, so that the store's
+        batches are not read again: the batches this run has just staged, when its staging (under
+        the ``stage`` lease, which every staging holds) found no batch at all in flight. Then no
+        other batch can be there to resume, and one staged later by another run holds none of
+        this run's requests (they were in flight). ``None``: read the store.
         """
         if not self._own_leases:
-            return self._run(wait)
+            return self._run(wait, known)
         with self.leases.heartbeat():
-            return self._run(wait)
+            return self._run(wait, known)
 
-    def _run(self, wait: bool = True) -> RunSummary:
-        self._load()
+    def _run(self, wait: bool, known: Sequence[BatchRecord] | None) -> RunSummary:
+        if known is None:
+            self._load()
+        else:
+            self._take(list(known))
         policy = self.config.poll
         start = self._clock()
         next_report = start + policy.progress_seconds
@@ -298,10 +309,9 @@ class Orchestrator(EndedPhase):
     def _hold_ends(self, events: list[BatchRecord]) -> None:
         """Adopt ``events`` (ends, in-progress observations) now; commit them with the next commit.
 
-        Nothing depends on an end being stored until its batch is collected, and collection
-        commits first (:meth:`_flush` before the MERGE): batches ending over several poll rounds
-        cost one commit, not one per round. A crash before it only means the next run polls them
-        again and sees them ended.
+        Nothing depends on an end being stored: a crash before it only means the next run polls
+        the batch again and sees it ended. So batches ending over several poll rounds cost one
+        commit, not one per round, and the ends go with their ``collected`` rows (one append).
         """
         self._adopt(events)
         self._held += events
@@ -548,10 +558,9 @@ class Orchestrator(EndedPhase):
     def _poll_due(self) -> bool:
         """Retrieve every due ``submitted`` batch; adopt what changed and hold it for a commit.
 
-        An end is adopted at once and committed with the next commit: at the latest right before
-        its batch is collected (write-ahead: :meth:`_collect_ended` commits first), or once
-        ``poll.progress_seconds`` have passed since the last such commit, so that the store's
-        progress stays that fresh. A change of the provider's in-progress state (``validating`` ->
+        An end is adopted at once and committed with the next commit: at the latest with its
+        batch's ``collected`` row, or once ``poll.progress_seconds`` have passed since the last
+        such commit, so that the store's progress stays that fresh. A change of the provider's in-progress state (``validating`` ->
         ``in_progress`` ...) only feeds progress: it is logged at once, held with an end or once per
         ``poll.progress_seconds``, and otherwise observed again later. Each commit costs a Delta
         write; batches ending over several poll rounds share one.

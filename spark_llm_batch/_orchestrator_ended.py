@@ -116,7 +116,9 @@ class EndedPhase:
             to_collect.append(record)
         if not to_collect or not (force or self._collect_due(to_collect)):
             return requeued
-        self._flush()  # write-ahead: the held ends are stored before their collection
+        # The held ends are committed with ``collected``: nothing needs them stored before, since
+        # a crash during collection leaves the batches ``submitted``, and polling again finds
+        # them ended (collecting twice adds nothing: the MERGE and re-staging are idempotent).
         self._collect(to_collect, failed_whole)
         for record in to_collect:
             self._ended_since.pop(record.key, None)

@@ -458,16 +458,20 @@ class Store:
 
     # ---- request-level views ----------------------------------------------------------------------
 
-    def inflight_hashes(self, exclude_keys: Sequence[str] = ()) -> DataFrame:
+    def inflight_hashes(
+        self, exclude_keys: Sequence[str] = (), *, in_flight: Sequence[BatchRecord] | None = None
+    ) -> DataFrame:
         """``__llm_hash`` of every request in a batch that is neither collected nor abandoned.
 
-        The batches in flight are read now, on the driver (one row per batch); the frame reads
+        The batches in flight are read now, on the driver (one row per batch), unless the caller
+        gives them (``in_flight``: :meth:`current_batches` as it just read it); the frame reads
         only their ``chunks`` partitions, and none at all when no batch is in flight (an empty
         frame: a join with it is optimised away)."""
         from pyspark.sql import functions as F
 
         skip = set(exclude_keys)
-        keys = sorted({r.key for r in self.current_batches()} - skip)
+        batches = self.current_batches() if in_flight is None else in_flight
+        keys = sorted({r.key for r in batches} - skip)
         members = self.chunk_lines(keys) if keys else self.table("chunks").where(F.lit(False))
         return members.select(F.col("hash").alias(C.HASH)).distinct()
 
@@ -482,10 +486,17 @@ class Store:
             .select(F.col("hash").alias(C.HASH))
         )
 
-    def unsent(self, requests: DataFrame, retry_classes: frozenset[str] = frozenset()) -> DataFrame:
+    def unsent(
+        self,
+        requests: DataFrame,
+        retry_classes: frozenset[str] = frozenset(),
+        *,
+        in_flight: Sequence[BatchRecord] | None = None,
+    ) -> DataFrame:
         """The rows of ``requests`` (keyed by ``__llm_hash``) to send now: neither answered for
-        good (:meth:`final_hashes`) nor in flight (:meth:`inflight_hashes`), each with
-        ``__llm_attempt``: its last attempt plus one where a result is open, else 1.
+        good (:meth:`final_hashes`) nor in flight (:meth:`inflight_hashes`, of ``in_flight`` when
+        given), each with ``__llm_attempt``: its last attempt plus one where a result is open,
+        else 1.
 
         One join with ``results`` (one row per hash) gives both what is final and the last
         attempt; one with the in-flight members, when some batch is in flight.
@@ -499,7 +510,7 @@ class Store:
             F.col("attempt").alias(last),
         )
         open_ = requests.join(results, C.HASH, "left").where(~F.coalesce(F.col(done), F.lit(False)))
-        open_ = open_.join(self.inflight_hashes(), C.HASH, "left_anti")
+        open_ = open_.join(self.inflight_hashes(in_flight=in_flight), C.HASH, "left_anti")
         attempt = F.coalesce(F.col(last) + 1, F.lit(1)).alias(C.ATTEMPT)
         return open_.select(*[F.col(f"`{c}`") for c in requests.columns], attempt)
 

@@ -192,9 +192,10 @@ def answer_rows(
         lines = encoder.line_column(encoded[f"`{prompt}`"], encoded[C.HASH])
         # One run stages at a time: what another run has in flight is skipped, not sent twice.
         with leases.holding(STAGE):
-            staged = _stage_pending(encoded, lines, cfg, store, orchestrator)
+            staged, alone = _stage_pending(encoded, lines, cfg, store, orchestrator)
         log.info("staged %d new batch(es) for %s", len(staged), cfg.model)
-        summary = orchestrator.run(wait=wait)
+        # Nothing else was in flight: what it staged is all the run drives (no second read).
+        summary = orchestrator.run(wait=wait, known=staged if alone else None)
     log.info("orchestration finished: %s", summary)
     # A waited run leaves rows open only when it gave up waiting.
     still_open = settle and (not wait or summary.timed_out) and _still_open(encoded, store)
@@ -314,15 +315,17 @@ def _stage_pending(
     cfg: BatchConfig,
     store: Store,
     orchestrator: Orchestrator,
-) -> list[BatchRecord]:
-    """Stage every request not yet answered nor in flight; return the staged batches.
+) -> tuple[list[BatchRecord], bool]:
+    """Stage every request not yet answered nor in flight; return the staged batches, and whether
+    no other batch was in flight (of any provider or model).
 
     Duplicate requests (equal hashes) need no shuffle here: packing sorts equal hashes next to
     each other and keeps one.
     """
     sent = encoded.where(encoded[C.ERR_CLASS].isNull()).select(C.HASH, C.NBYTES, line.alias(C.LINE))
-    pending = store.unsent(sent, cfg.retry_classes)
-    return orchestrator.stage_and_record(pending)
+    in_flight = store.current_batches()
+    pending = store.unsent(sent, cfg.retry_classes, in_flight=in_flight)
+    return orchestrator.stage_and_record(pending), not in_flight
 
 
 def _join_results(

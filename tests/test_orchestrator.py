@@ -144,7 +144,7 @@ def test_happy_path_several_batches_respect_the_cap(
     assert len(fake.creates) == 3
 
 
-def test_batches_ending_over_several_polls_share_one_commit_before_collection(
+def test_batches_ending_over_several_polls_share_one_commit_with_their_collection(
     spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store, rows = _setup(spark, tmp_path, n=9, per_chunk=3)
@@ -171,8 +171,11 @@ def test_batches_ending_over_several_polls_share_one_commit_before_collection(
     assert summary.collected == 3
     with_ends = [states for states in appended if Phase.ENDED in states]
     assert len(with_ends) == 1  # one commit, not one per poll round
+    # ... and it is the collection's: the ends (and states seen with them), then each batch
+    # collected, after the MERGE.
     assert with_ends[0].count(Phase.ENDED) == 3
-    assert merges_after == [appended.index(with_ends[0]) + 1]  # stored before the MERGE
+    assert with_ends[0][-3:] == [Phase.COLLECTED] * 3
+    assert merges_after == [appended.index(with_ends[0])]
     assert caplog.text.count("-> ended") == 3  # each end is logged when seen
     _assert_all_answered(store, rows)
 
@@ -330,9 +333,11 @@ def test_a_crash_after_the_merge_is_collected_again_and_the_merge_adds_nothing(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_orchestrator_ended, "collect_batches", crashing)
         patch.setattr(Store, "merge_results", merge)
-        with pytest.raises(Crash):
-            _run(spark, store, fake, tmp_path)
-        assert {r.state for r in store.current_batches(provider="fake")} == {Phase.ENDED}
+        quiet = PollPolicy(initial_seconds=0.01, max_seconds=0.05, progress_seconds=60.0)
+        with pytest.raises(Crash):  # no progress commit stores the ends before the collection
+            _run(spark, store, fake, tmp_path, poll=quiet)
+        # The ends were not stored: the next run polls the batches again and finds them ended.
+        assert {r.state for r in store.current_batches(provider="fake")} == {Phase.SUBMITTED}
         first = _results(store)
         summary = _run(spark, store, fake, tmp_path)
     assert calls == [2, 2]  # both batches collected by the crashed run, then again

@@ -185,6 +185,58 @@ def test_rerun_submits_nothing_and_new_rows_only_pay_for_themselves(
     assert set(billed.values()) == {1}
 
 
+@pytest.mark.parametrize("provider", OPENAI_FIRST)
+def test_the_batch_log_is_read_again_after_staging_only_when_another_batch_was_in_flight(
+    spark: SparkSession,
+    quick_emulator: Emulator,
+    tmp_path: Path,
+    options: Callable[..., dict[str, Any]],
+    provider: str,
+) -> None:
+    from spark_llm_batch import _failpoints
+    from spark_llm_batch._store import Store
+
+    class Died(BaseException):
+        """The driver dying right after staging (as the ``after_stage`` failpoint does)."""
+
+    opts = options(quick_emulator, tmp_path / "store")
+    reads: list[dict[str, Any]] = []
+    real_read, real_hit = Store.current_batches, _failpoints.hit
+
+    def read(self: Store, **kwargs: Any) -> Any:
+        if not kwargs.get("include_terminal"):  # the batches in flight (not a lookup of ids)
+            reads.append(kwargs)
+        return real_read(self, **kwargs)
+
+    def die_after_stage(name: str) -> None:
+        if name == "after_stage":
+            raise Died
+        real_hit(name)
+
+    def questions(first: int) -> Any:
+        rows = [(i, f"question {i}") for i in range(first, first + 20)]
+        return spark.createDataFrame(rows, "id long, prompt string")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Store, "current_batches", read)
+        assert questions(0).llm_batch("prompt", **opts).count() == 20
+        assert len(reads) == 1  # staging found nothing in flight: it is all the run drives
+        patch.setattr(_failpoints, "hit", die_after_stage)
+        with pytest.raises(Died):
+            questions(20).llm_batch("prompt", **opts)  # its batch stays staged, unsent
+        patch.setattr(_failpoints, "hit", real_hit)
+        reads.clear()
+        out = questions(40).llm_batch("prompt", **opts)
+        # Staging saw the dead run's batch in flight: the run reads the log again after staging,
+        # and drives that batch too.
+        assert len(reads) == 2
+    assert out.where("llm.status = 'succeeded'").count() == 20
+    assert Store.open(spark, str(tmp_path / "store")).current_batches() == []
+    billed = billed_counts(quick_emulator)
+    assert len(billed) == 60
+    assert set(billed.values()) == {1}
+
+
 def test_duplicates_bad_prompts_and_faults_are_rows_not_crashes(
     spark: SparkSession,
     quick_emulator: Emulator,
