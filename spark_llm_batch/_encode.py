@@ -54,6 +54,11 @@ _PROBES = (
     "Probe </x> \x7f é ü 中文 😀 \u2028 {0} {{}}",
 )
 
+_VERIFIED: set[tuple[object, ...]] = set()
+"""Encoders already verified in this process (Spark version, provider class, digest, pieces, roles): the
+JVM expressions are deterministic, so a call repeating a request template (a notebook iterating
+on samples) needs no second probe job."""
+
 _ID = 0  # slot of the custom id in RequestEncoder.pieces
 _PROMPT = 1  # slot of the escaped prompt
 # Python's str.isspace() characters: a prompt made only of them is blank.
@@ -149,7 +154,8 @@ class RequestEncoder:
     def build(
         cls, spark: SparkSession, provider: Provider, config: BatchConfig, *, messages: bool = False
     ) -> RequestEncoder:
-        """Render, cut and verify the provider's line (one tiny Spark query). With ``messages``,
+        """Render, cut and verify the provider's line (one tiny Spark query, once per process
+        and request template: see :data:`_VERIFIED`). With ``messages``,
         the prompt column holds conversations (arrays of ``role``/``content`` structs), spliced
         into the line as its messages.
 
@@ -181,7 +187,10 @@ class RequestEncoder:
         _, max_bytes = provider.batch_limits(config)
         roles = tuple(sorted(provider.message_roles)) if messages else ()
         encoder = cls(pieces, digest, null_hash, max_bytes, roles)
-        encoder._verify(spark, provider, config)
+        verified = (spark.version, type(provider), digest, pieces, roles)
+        if verified not in _VERIFIED:
+            encoder._verify(spark, provider, config)
+            _VERIFIED.add(verified)
         return encoder
 
     def hash_column(self, prompt: Column) -> Column:

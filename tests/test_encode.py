@@ -120,6 +120,25 @@ def test_spliced_line_is_the_provider_document(
             assert row[C.LINE] == expected  # nothing to escape: byte for byte
 
 
+def test_a_request_template_is_probed_once_per_process(spark: SparkSession) -> None:
+    probes: list[str] = []
+    real = RequestEncoder._verify
+
+    def verify(self: RequestEncoder, spark: SparkSession, provider: Provider, config: Any) -> None:
+        probes.append(self.doc_digest)
+        real(self, spark, provider, config)
+
+    provider = OpenAIProvider(ProviderSettings())
+    unique = f"Answer in one word ({id(probes)})."  # a template no other test has probed
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RequestEncoder, "_verify", verify)
+        first = RequestEncoder.build(spark, provider, _config(system=unique))
+        again = RequestEncoder.build(spark, provider, _config(system=unique))
+        other = RequestEncoder.build(spark, provider, _config(system=unique + " Or two."))
+    assert again == first
+    assert probes == [first.doc_digest, other.doc_digest]  # a new template is probed again
+
+
 def test_a_provider_that_transforms_the_prompt_is_refused(spark: SparkSession) -> None:
     with pytest.raises(SparkLLMBatchError, match=r"unsplicable-test.*cannot be built by splicing"):
         RequestEncoder.build(spark, UnsplicableProvider(ProviderSettings()), _config())
