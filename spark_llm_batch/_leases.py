@@ -4,9 +4,10 @@ heartbeat, taken over once their holder stopped renewing them.
 The store's ``leases`` table holds one row per lease: ``name``, ``holder`` (a run's id),
 ``expires_at``. Two kinds of names:
 
-- ``stage``: held while a run decides what to send and stages it. The pending requests are
-  computed under it (requests in another run's batches are in flight, so skipped), and the new
-  batches are claimed and committed before it is released: two runs never stage one request.
+- ``stage``: held while a run decides what to send and stages it (first attempts, retries, a
+  queue-full batch's members under a new key). The pending requests are computed under it
+  (requests in another run's batches are in flight, so skipped), and the new batches are claimed
+  and committed before it is released: two runs never stage one request.
 - a batch key: the run that drives the batch (uploads, creates, polls, collects it). Claimed
   before the batch's ``staged`` row is committed. Another run leaves a held batch alone and waits
   for its results; once the lease expired (its holder died: no heartbeat for ``ttl`` seconds), a

@@ -3,9 +3,9 @@
 A mixin of :class:`~spark_llm_batch._orchestrator.Orchestrator`, kept apart so each module stays
 small; it reads and writes the orchestrator's state declared below. Order of commits and effects:
 
-- queue full (``failed`` with ``token_limit_exceeded``): members copied to a new key (commit), then
-  one append: the old batch ``abandoned`` + the new one ``uploaded`` (same input file); the new one
-  is held back and the in-flight cap shrinks.
+- queue full (``failed`` with ``token_limit_exceeded``): under the ``stage`` lease, members copied
+  to a new key (commit), then one append: the old batch ``abandoned`` + the new one ``uploaded``
+  (same input file); the new one is held back and the in-flight cap shrinks.
 - otherwise: results read through the transport and MERGEd (commit) → open requests re-staged
   under the ``stage`` lease, as every staging is (chunks, then ``staged`` rows of the new
   batches; another run staging meanwhile still sees them in flight) → ``collected`` (one append
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from spark_llm_batch import _failpoints
 from spark_llm_batch._collect import collect_batches
+from spark_llm_batch._leases import STAGE
 from spark_llm_batch._progress import RunSummary
 from spark_llm_batch._retry_lines import retry_requests
 from spark_llm_batch._schema import structured_of
@@ -187,8 +188,6 @@ class EndedPhase:
         until their retries are; without the lease, a run that read ``batches`` before this
         commit and ``chunks`` after the sweep would find those requests unsent and send them too.
         """
-        from spark_llm_batch._leases import STAGE
-
         with self.leases.holding(STAGE):
             new = self.stage_and_record(retry_requests(self.store, records))
         for record in new:
@@ -218,21 +217,21 @@ class EndedPhase:
         if tries >= self.config.retry.attempts_for("rate_limited"):
             return False
         new_key = uuid.uuid4().hex
-        self.store.copy_chunk(record.key, new_key)
-        self.leases.claim_new([new_key])  # before the row that makes it a batch
         fresh = BatchRecord(
             key=new_key, seq=0, state=Phase.UPLOADED, provider=record.provider, model=record.model,
             endpoint=record.endpoint, attempt=record.attempt, uri=new_key, requests=record.requests,
             nbytes=record.nbytes, input_ref=record.input_ref, updated_at=time.time(), job=record.job,
         )  # fmt: skip
-        self._commit(
-            [
-                record.to(
-                    Phase.ABANDONED, error=f"queue full, re-queued as {new_key}: {record.error}"
-                ),
-                fresh,
-            ]
+        abandoned = record.to(
+            Phase.ABANDONED, error=f"queue full, re-queued as {new_key}: {record.error}"
         )
+        # Under the stage lease, as every staging: a run staging now read the batches in flight
+        # before this commit, and reads their members later; without the lease, it could find
+        # the old key abandoned and its lines swept, miss the new key, and send its requests too.
+        with self.leases.holding(STAGE):
+            self.store.copy_chunk(record.key, new_key)
+            self.leases.claim_new([new_key])  # before the row that makes it a batch
+            self._commit([abandoned, fresh])
         self._requeues[new_key] = tries
         self.summary.requeued += 1
         self._shrink()

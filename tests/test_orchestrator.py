@@ -487,6 +487,46 @@ def test_retries_are_staged_under_the_stage_lease_waiting_for_another_run_that_h
     assert other.holders(["stage"]) == {"stage": None}  # released after
 
 
+def test_a_queue_full_batch_is_requeued_under_the_stage_lease_after_another_run_staged(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=4, per_chunk=4)
+    other = Leases(store, ttl=600.0, owner="another-host/1/run")  # staging, far away, alive
+    assert other.claim(["stage"]) == {"stage"}
+    waited: list[str] = []
+    copied_by: list[str | None] = []
+    real_copy = Store.copy_chunk
+
+    class Release(logging.Handler):  # the other run ends its staging once this one waits
+        def emit(self, record: logging.LogRecord) -> None:
+            if "lease 'stage' is held by run another-host/1/run" in record.getMessage():
+                waited.append(record.getMessage())
+                other.release(["stage"])
+
+    def copy(self: Store, old_key: str, new_key: str) -> None:
+        copied_by.append(other.holders(["stage"])["stage"])
+        real_copy(self, old_key, new_key)
+
+    handler, logger = Release(level=logging.INFO), logging.getLogger("spark_llm_batch")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Store, "copy_chunk", copy)
+            summary = _run(spark, store, FakeProvider.build(outcomes={0: "queue_full"}), tmp_path)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert summary.requeued == 1
+    assert len(waited) == 1  # it waited for the other run's stage lease before copying
+    [holder] = copied_by  # and copied the members holding it itself
+    assert holder is not None
+    assert holder != other.owner
+    _assert_all_answered(store, rows)
+    assert other.holders(["stage"]) == {"stage": None}  # released after
+
+
 @pytest.mark.slow
 def test_missing_results_are_retried_until_the_policy_says_stop(
     spark: SparkSession, tmp_path: Path
