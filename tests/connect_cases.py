@@ -233,3 +233,57 @@ def test_sql_forms_on_connect(
     finally:
         vars(connect_spark).pop("sql", None)
         connect_spark.sql("DROP TEMPORARY FUNCTION IF EXISTS llm_query")
+
+
+def test_a_daily_sql_statement_on_connect_appends_only_the_grown_rows(
+    connect_spark: SparkSession,
+    fresh_emulator: Callable[..., Emulator],
+    server_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SQL over a lakehouse table from a Connect client: the table function's TABLE(delta.`...`)
+    # runs llm_batch_table, whose second run reads the change feed and appends to the output.
+    emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-emulator")
+    monkeypatch.setenv("OPENAI_BASE_URL", emu.openai_base_url)
+    store, table, output = (f"{server_dir}/{name}" for name in ("store", "faq", "answers"))
+    connect_spark.sql(
+        f"CREATE TABLE delta.`{table}` (id BIGINT, prompt STRING) USING DELTA "
+        "TBLPROPERTIES (delta.enableChangeDataFeed = true)"
+    )
+
+    def grow(first: int, last: int) -> None:
+        rows = [(i, f"Daily question {i}") for i in range(first, last)]
+        frame = connect_spark.createDataFrame(rows, "id long, prompt string")
+        frame.write.format("delta").mode("append").save(table)
+
+    def answered() -> list[int]:
+        rows = connect_spark.sql(
+            f"SELECT id, llm.status, llm.text FROM llm_batch(TABLE(delta.`{table}`), "
+            f"{sql_args('openai', store, max_requests=15)}, output => '{output}')"
+        ).collect()
+        for row in rows:
+            expected = _answers.expected_text(
+                f"Daily question {row['id']}", model=MODELS["openai"], system=SYSTEM
+            )
+            assert (row["status"], row["text"]) == ("succeeded", expected)
+        return sorted(row["id"] for row in rows)
+
+    spark_llm_batch.register_sql(connect_spark)
+    try:
+        grow(0, 8)
+        assert answered() == list(range(8))
+        grow(8, 12)
+        emu.clear_ledger()
+        assert answered() == list(range(12))
+        billed = billed_counts(emu)
+        assert set(billed.values()) == {1}
+        assert len(billed) == 4  # the grown rows alone were sent
+        history = connect_spark.sql(f"DESCRIBE HISTORY delta.`{output}`").collect()
+        latest = max(history, key=lambda row: row["version"])
+        # The second statement appended the new rows' answers (one commit): it read the feed.
+        assert (latest["operation"], latest["operationParameters"]["mode"]) == ("WRITE", "Append")
+        assert len(history) == 2
+    finally:
+        vars(connect_spark).pop("sql", None)
+        connect_spark.sql("DROP TEMPORARY FUNCTION IF EXISTS llm_query")
