@@ -55,9 +55,9 @@ _PROBES = (
 )
 
 _VERIFIED: set[tuple[object, ...]] = set()
-"""Encoders already verified in this process (Spark version, provider class, digest, pieces, roles): the
-JVM expressions are deterministic, so a call repeating a request template (a notebook iterating
-on samples) needs no second probe job."""
+"""Encoders already verified in this process: (Spark version, provider class, digest, pieces,
+roles). The JVM expressions are deterministic, so a call repeating a request template (a notebook
+iterating on samples) needs no second probe job."""
 
 _ID = 0  # slot of the custom id in RequestEncoder.pieces
 _PROMPT = 1  # slot of the escaped prompt
@@ -155,9 +155,9 @@ class RequestEncoder:
         cls, spark: SparkSession, provider: Provider, config: BatchConfig, *, messages: bool = False
     ) -> RequestEncoder:
         """Render, cut and verify the provider's line (one tiny Spark query, once per process
-        and request template: see :data:`_VERIFIED`). With ``messages``,
-        the prompt column holds conversations (arrays of ``role``/``content`` structs), spliced
-        into the line as its messages.
+        and request template: see :data:`_VERIFIED`). With ``messages``, the prompt column holds
+        conversations (arrays of ``role``/``content`` structs), spliced into the line as its
+        messages.
 
         Raises:
             ConfigError: ``config`` is not valid for the provider (from ``request_body``).

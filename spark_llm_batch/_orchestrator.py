@@ -560,10 +560,11 @@ class Orchestrator(EndedPhase):
 
         An end is adopted at once and committed with the next commit: at the latest with its
         batch's ``collected`` row, or once ``poll.progress_seconds`` have passed since the last
-        such commit, so that the store's progress stays that fresh. A change of the provider's in-progress state (``validating`` ->
-        ``in_progress`` ...) only feeds progress: it is logged at once, held with an end or once per
-        ``poll.progress_seconds``, and otherwise observed again later. Each commit costs a Delta
-        write; batches ending over several poll rounds share one.
+        such commit, so that the store's progress stays that fresh. A change of the provider's
+        in-progress state (``validating`` -> ``in_progress`` ...) only feeds progress: it is logged
+        at once, held with an end or once per ``poll.progress_seconds``, and otherwise observed
+        again later. Each commit costs a Delta write; batches ending over several poll rounds
+        share one.
         """
         now = self._clock()
         due = [r for r in self._in_state(Phase.SUBMITTED) if self._ready(r, now)]
