@@ -453,15 +453,15 @@ class _WaitedStager(TestStager):
         return super().__call__(frame)
 
 
-def test_retries_are_staged_under_the_stage_lease_waiting_for_another_run_that_holds_it(
-    spark: SparkSession, tmp_path: Path
-) -> None:
-    store, rows = _setup(spark, tmp_path, n=4, per_chunk=4)
-    other = Leases(store, ttl=600.0, owner="another-host/1/run")  # staging, far away, alive
+@contextmanager
+def _another_run_staging(store: Store) -> Iterator[tuple[Leases, list[str]]]:
+    """Another run (far away, alive) holds the ``stage`` lease, and ends its staging once this run
+    logs that it waits for it; yields that run's leases and the waiting messages seen."""
+    other = Leases(store, ttl=600.0, owner="another-host/1/run")
     assert other.claim(["stage"]) == {"stage"}
     waited: list[str] = []
 
-    class Release(logging.Handler):  # the other run ends its staging once this one waits
+    class Release(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if "lease 'stage' is held by run another-host/1/run" in record.getMessage():
                 waited.append(record.getMessage())
@@ -471,13 +471,21 @@ def test_retries_are_staged_under_the_stage_lease_waiting_for_another_run_that_h
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)
-    stager = _WaitedStager(spark, store, other)
     try:
-        summary = _run(spark, store, FakeProvider.build(outcomes={0: "expired"}), tmp_path,
-                       stager=stager)  # fmt: skip
+        yield other, waited
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def test_retries_are_staged_under_the_stage_lease_waiting_for_another_run_that_holds_it(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    store, rows = _setup(spark, tmp_path, n=4, per_chunk=4)
+    with _another_run_staging(store) as (other, waited):
+        stager = _WaitedStager(spark, store, other)
+        summary = _run(spark, store, FakeProvider.build(outcomes={0: "expired"}), tmp_path,
+                       stager=stager)  # fmt: skip
     assert len(waited) == 1  # it waited for the other run's stage lease before re-staging
     [holder] = stager.holders  # and re-staged holding it itself
     assert holder is not None
@@ -491,33 +499,16 @@ def test_a_queue_full_batch_is_requeued_under_the_stage_lease_after_another_run_
     spark: SparkSession, tmp_path: Path
 ) -> None:
     store, rows = _setup(spark, tmp_path, n=4, per_chunk=4)
-    other = Leases(store, ttl=600.0, owner="another-host/1/run")  # staging, far away, alive
-    assert other.claim(["stage"]) == {"stage"}
-    waited: list[str] = []
     copied_by: list[str | None] = []
     real_copy = Store.copy_chunk
+    with _another_run_staging(store) as (other, waited), pytest.MonkeyPatch.context() as patch:
 
-    class Release(logging.Handler):  # the other run ends its staging once this one waits
-        def emit(self, record: logging.LogRecord) -> None:
-            if "lease 'stage' is held by run another-host/1/run" in record.getMessage():
-                waited.append(record.getMessage())
-                other.release(["stage"])
+        def copy(self: Store, old_key: str, new_key: str) -> None:
+            copied_by.append(other.holders(["stage"])["stage"])
+            real_copy(self, old_key, new_key)
 
-    def copy(self: Store, old_key: str, new_key: str) -> None:
-        copied_by.append(other.holders(["stage"])["stage"])
-        real_copy(self, old_key, new_key)
-
-    handler, logger = Release(level=logging.INFO), logging.getLogger("spark_llm_batch")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(Store, "copy_chunk", copy)
-            summary = _run(spark, store, FakeProvider.build(outcomes={0: "queue_full"}), tmp_path)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        patch.setattr(Store, "copy_chunk", copy)
+        summary = _run(spark, store, FakeProvider.build(outcomes={0: "queue_full"}), tmp_path)
     assert summary.requeued == 1
     assert len(waited) == 1  # it waited for the other run's stage lease before copying
     [holder] = copied_by  # and copied the members holding it itself
