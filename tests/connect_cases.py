@@ -188,17 +188,31 @@ def test_templates_conversations_and_typed_answers_on_connect(
     assert set(billed_counts(emu).values()) == {1}
 
 
-def test_sql_forms_on_connect(
+@pytest.fixture
+def sql_emulator(
     connect_spark: SparkSession,
     fresh_emulator: Callable[..., Emulator],
-    server_dir: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # register_sql wraps the Connect session's sql: the table function runs the pipeline from
-    # this client, the scalar runs in the server's Python workers with the client's credentials.
+) -> Iterator[Emulator]:
+    """An emulator whose OpenAI credentials are in the environment (SQL takes them from there),
+    with the SQL forms registered on the Connect session; unregistered after."""
     emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-emulator")
     monkeypatch.setenv("OPENAI_BASE_URL", emu.openai_base_url)
+    spark_llm_batch.register_sql(connect_spark)
+    try:
+        yield emu
+    finally:
+        vars(connect_spark).pop("sql", None)
+        connect_spark.sql("DROP TEMPORARY FUNCTION IF EXISTS llm_query")
+
+
+def test_sql_forms_on_connect(
+    connect_spark: SparkSession, sql_emulator: Emulator, server_dir: str
+) -> None:
+    # register_sql wraps the Connect session's sql: the table function runs the pipeline from
+    # this client, the scalar runs in the server's Python workers with the client's credentials.
+    emu = sql_emulator
     store, table = f"{server_dir}/store", f"{server_dir}/questions"
     rows = [(i, f"Question {i}") for i in range(12)]
     connect_spark.createDataFrame(rows, "id long, prompt string").write.format("delta").save(table)
@@ -211,41 +225,31 @@ def test_sql_forms_on_connect(
     billed = billed_counts(emu)
     assert len(billed) == len(rows)
 
-    spark_llm_batch.register_sql(connect_spark)
-    try:
-        args = sql_args("openai", store, max_requests=15)
-        out = connect_spark.sql(
-            f"SELECT id, llm.text, llm.status FROM llm_batch(TABLE(delta.`{table}`), {args}) "
-            "WHERE id >= 0"
-        )
-        assert {r["id"]: (r["text"], r["status"]) for r in out.collect()} == expected
-        assert billed_counts(emu) == billed  # answered from the server's store: nothing sent
+    args = sql_args("openai", store, max_requests=15)
+    out = connect_spark.sql(
+        f"SELECT id, llm.text, llm.status FROM llm_batch(TABLE(delta.`{table}`), {args}) "
+        "WHERE id >= 0"
+    )
+    assert {r["id"]: (r["text"], r["status"]) for r in out.collect()} == expected
+    assert billed_counts(emu) == billed  # answered from the server's store: nothing sent
 
-        scalar = connect_spark.sql(
-            f"SELECT id, prompt, llm_query('gpt-4o-mini', prompt) AS answer "
-            f"FROM delta.`{table}` WHERE id < 3"
-        )
-        got = {r["id"]: r["answer"] for r in scalar.collect()}
-        assert got == {
-            i: _answers.expected_text(f"Question {i}", model=MODELS["openai"]) for i in range(3)
-        }
-        assert [e["batch_id"] for e in emu.ledger()[len(rows) :]] == [None] * 3
-    finally:
-        vars(connect_spark).pop("sql", None)
-        connect_spark.sql("DROP TEMPORARY FUNCTION IF EXISTS llm_query")
+    scalar = connect_spark.sql(
+        f"SELECT id, prompt, llm_query('gpt-4o-mini', prompt) AS answer "
+        f"FROM delta.`{table}` WHERE id < 3"
+    )
+    got = {r["id"]: r["answer"] for r in scalar.collect()}
+    assert got == {
+        i: _answers.expected_text(f"Question {i}", model=MODELS["openai"]) for i in range(3)
+    }
+    assert [e["batch_id"] for e in emu.ledger()[len(rows) :]] == [None] * 3
 
 
 def test_a_daily_sql_statement_on_connect_appends_only_the_grown_rows(
-    connect_spark: SparkSession,
-    fresh_emulator: Callable[..., Emulator],
-    server_dir: str,
-    monkeypatch: pytest.MonkeyPatch,
+    connect_spark: SparkSession, sql_emulator: Emulator, server_dir: str
 ) -> None:
     # SQL over a lakehouse table from a Connect client: the table function's TABLE(delta.`...`)
     # runs llm_batch_table, whose second run reads the change feed and appends to the output.
-    emu = fresh_emulator(processing_seconds=1.0, clock_speed=50.0)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-emulator")
-    monkeypatch.setenv("OPENAI_BASE_URL", emu.openai_base_url)
+    emu = sql_emulator
     store, table, output = (f"{server_dir}/{name}" for name in ("store", "faq", "answers"))
     connect_spark.sql(
         f"CREATE TABLE delta.`{table}` (id BIGINT, prompt STRING) USING DELTA "
@@ -269,21 +273,16 @@ def test_a_daily_sql_statement_on_connect_appends_only_the_grown_rows(
             assert (row["status"], row["text"]) == ("succeeded", expected)
         return sorted(row["id"] for row in rows)
 
-    spark_llm_batch.register_sql(connect_spark)
-    try:
-        grow(0, 8)
-        assert answered() == list(range(8))
-        grow(8, 12)
-        emu.clear_ledger()
-        assert answered() == list(range(12))
-        billed = billed_counts(emu)
-        assert set(billed.values()) == {1}
-        assert len(billed) == 4  # the grown rows alone were sent
-        history = connect_spark.sql(f"DESCRIBE HISTORY delta.`{output}`").collect()
-        latest = max(history, key=lambda row: row["version"])
-        # The second statement appended the new rows' answers (one commit): it read the feed.
-        assert (latest["operation"], latest["operationParameters"]["mode"]) == ("WRITE", "Append")
-        assert len(history) == 2
-    finally:
-        vars(connect_spark).pop("sql", None)
-        connect_spark.sql("DROP TEMPORARY FUNCTION IF EXISTS llm_query")
+    grow(0, 8)
+    assert answered() == list(range(8))
+    grow(8, 12)
+    emu.clear_ledger()
+    assert answered() == list(range(12))
+    billed = billed_counts(emu)
+    assert set(billed.values()) == {1}
+    assert len(billed) == 4  # the grown rows alone were sent
+    history = connect_spark.sql(f"DESCRIBE HISTORY delta.`{output}`").collect()
+    latest = max(history, key=lambda row: row["version"])
+    # The second statement appended the new rows' answers (one commit): it read the feed.
+    assert (latest["operation"], latest["operationParameters"]["mode"]) == ("WRITE", "Append")
+    assert len(history) == 2
